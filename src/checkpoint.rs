@@ -1,0 +1,314 @@
+//! Checkpoints: a directory per step holding `state.safetensors` (weights and optimizer
+//! moments) and `meta.json` (counters, config, checksum). Written into a temp directory,
+//! synced and renamed, so a checkpoint is either whole or absent. Loading checks sizes,
+//! names, shapes, checksum and finiteness before anything is used.
+
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+pub const FORMAT_VERSION: u32 = 1;
+const STATE_FILE: &str = "state.safetensors";
+const META_FILE: &str = "meta.json";
+/// A meta.json larger than this is not ours.
+const MAX_META_BYTES: u64 = 1 << 20;
+/// A state file larger than this is refused before it is read (models here are far smaller).
+pub const MAX_STATE_BYTES: u64 = 16 << 30;
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct Meta {
+    pub format_version: u32,
+    /// Generator updates completed.
+    pub step: u64,
+    /// Critic updates completed (also the index of the next data batch).
+    pub critic_step: u64,
+    /// All randomness is derived from this seed and the counters above.
+    pub seed: u64,
+    pub config_hash: String,
+    /// The resolved TOML configuration of the run that wrote it.
+    pub config: String,
+    pub world_size: usize,
+    pub gandist_version: String,
+    pub libtorch_version: String,
+    /// SHA-256 of state.safetensors.
+    pub state_sha256: String,
+    /// Anything else a component keeps between runs (e.g. learning-rate scale).
+    #[serde(default)]
+    pub extra: BTreeMap<String, f64>,
+}
+
+/// Float32 tensors by name, as host vectors with shapes.
+pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
+
+pub fn dir_name(step: u64) -> String {
+    format!("step-{step:09}")
+}
+
+fn parse_dir_name(name: &str) -> Option<u64> {
+    name.strip_prefix("step-")?.parse().ok()
+}
+
+/// Writes a checkpoint for `meta.step` under `root`; returns its directory.
+pub fn save(root: &Path, mut meta: Meta, tensors: &TensorMap) -> Result<PathBuf> {
+    std::fs::create_dir_all(root).with_context(|| format!("cannot create checkpoint directory {}", root.display()))?;
+    let bytes = serialize(tensors)?;
+    meta.state_sha256 = hex::encode(Sha256::digest(&bytes));
+    let name = dir_name(meta.step);
+    let tmp = root.join(format!(".{name}.tmp"));
+    let dst = root.join(&name);
+    let result = (|| -> Result<()> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).with_context(|| format!("cannot remove stale {}", tmp.display()))?;
+        }
+        std::fs::create_dir(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        write_synced(&tmp.join(STATE_FILE), &bytes)?;
+        write_synced(&tmp.join(META_FILE), serde_json::to_string_pretty(&meta)?.as_bytes())?;
+        crate::fsutil::sync_dir(&tmp)?;
+        if dst.exists() {
+            std::fs::remove_dir_all(&dst).with_context(|| format!("cannot replace {}", dst.display()))?;
+        }
+        std::fs::rename(&tmp, &dst).with_context(|| format!("cannot rename {} to {}", tmp.display(), dst.display()))?;
+        crate::fsutil::sync_dir(root)
+    })();
+    if let Err(e) = result {
+        let _ = std::fs::remove_dir_all(&tmp);
+        return Err(e.context(format!(
+            "checkpoint at step {} was not written; earlier checkpoints in {} are untouched",
+            meta.step,
+            root.display()
+        )));
+    }
+    Ok(dst)
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let mut f = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    f.write_all(bytes).with_context(|| format!("cannot write {}", path.display()))?;
+    f.sync_all().with_context(|| format!("cannot sync {}", path.display()))
+}
+
+fn serialize(tensors: &TensorMap) -> Result<Vec<u8>> {
+    let views: Vec<(String, TensorView)> = tensors
+        .iter()
+        .map(|(name, (shape, data))| {
+            let bytes: &[u8] = f32_bytes(data);
+            TensorView::new(Dtype::F32, shape.clone(), bytes).map(|v| (name.clone(), v))
+        })
+        .collect::<Result<_, _>>()?;
+    Ok(safetensors::serialize(views, &None)?)
+}
+
+fn f32_bytes(v: &[f32]) -> &[u8] {
+    // f32 has no padding and any bit pattern is a valid u8; the host is little-endian
+    // (checked at load), as safetensors requires.
+    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
+}
+
+/// A loaded, checked checkpoint.
+pub struct Loaded {
+    pub dir: PathBuf,
+    pub meta: Meta,
+    pub tensors: TensorMap,
+}
+
+/// Reads and checks the checkpoint in `dir`. `expected` gives each required tensor's shape.
+pub fn load(dir: &Path, expected: &BTreeMap<String, Vec<usize>>) -> Result<Loaded> {
+    load_inner(dir, expected).with_context(|| format!("checkpoint {} is unusable", dir.display()))
+}
+
+fn load_inner(dir: &Path, expected: &BTreeMap<String, Vec<usize>>) -> Result<Loaded> {
+    if !cfg!(target_endian = "little") {
+        bail!("safetensors checkpoints need a little-endian host");
+    }
+    let meta_path = dir.join(META_FILE);
+    let meta_len = std::fs::metadata(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?.len();
+    if meta_len > MAX_META_BYTES {
+        bail!("{} is {meta_len} bytes: expected at most {MAX_META_BYTES}", meta_path.display());
+    }
+    let meta: Meta = serde_json::from_slice(&std::fs::read(&meta_path)?)
+        .with_context(|| format!("{} is not a valid checkpoint meta.json", meta_path.display()))?;
+    if meta.format_version != FORMAT_VERSION {
+        bail!("{}: format_version {} (expected {FORMAT_VERSION})", meta_path.display(), meta.format_version);
+    }
+    let state_path = dir.join(STATE_FILE);
+    let state_len = std::fs::metadata(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?.len();
+    if state_len > MAX_STATE_BYTES {
+        bail!("{} is {state_len} bytes: expected at most {MAX_STATE_BYTES}", state_path.display());
+    }
+    let bytes = std::fs::read(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?;
+    let sha = hex::encode(Sha256::digest(&bytes));
+    if sha != meta.state_sha256 {
+        bail!("{}: SHA-256 {sha} does not match {} recorded in meta.json (truncated or corrupted)", state_path.display(), meta.state_sha256);
+    }
+    let st = SafeTensors::deserialize(&bytes).with_context(|| format!("{} is not a valid safetensors file", state_path.display()))?;
+    let mut tensors = TensorMap::new();
+    for (name, shape) in expected {
+        let view = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: tensor {name} is missing", state_path.display()))?;
+        if view.dtype() != Dtype::F32 {
+            bail!("{}: tensor {name} has dtype {:?}, expected F32", state_path.display(), view.dtype());
+        }
+        if view.shape() != shape.as_slice() {
+            bail!("{}: tensor {name} has shape {:?}, expected {:?} (a different model configuration?)", state_path.display(), view.shape(), shape);
+        }
+        let data: Vec<f32> = view.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+        if let Some(i) = data.iter().position(|x| !x.is_finite()) {
+            bail!("{}: tensor {name} holds a non-finite value at element {i}", state_path.display());
+        }
+        tensors.insert(name.clone(), (shape.clone(), data));
+    }
+    Ok(Loaded { dir: dir.to_path_buf(), meta, tensors })
+}
+
+/// Checkpoint directories under `root`, newest (highest step) first.
+pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
+    let mut out: Vec<(u64, PathBuf)> = std::fs::read_dir(root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| Some((parse_dir_name(e.file_name().to_str()?)?, e.path())))
+        .collect();
+    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out
+}
+
+/// The newest checkpoint under `root` that loads; earlier ones are tried when it does not.
+/// Ok(None) when there is none at all; an error when some exist but none loads.
+pub fn load_latest(root: &Path, expected: &BTreeMap<String, Vec<usize>>) -> Result<Option<Loaded>> {
+    let all = list(root);
+    if all.is_empty() {
+        return Ok(None);
+    }
+    let mut errors = Vec::new();
+    for (_, dir) in &all {
+        match load(dir, expected) {
+            Ok(l) => {
+                for e in &errors {
+                    eprintln!("warning: skipped {e}");
+                }
+                return Ok(Some(l));
+            }
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    bail!("no usable checkpoint in {}:\n  {}", root.display(), errors.join("\n  "))
+}
+
+/// Steps to delete so that only the newest `keep` remain (a policy, apart from I/O).
+pub fn steps_to_prune(steps: &[u64], keep: usize) -> Vec<u64> {
+    let mut s = steps.to_vec();
+    s.sort_unstable_by(|a, b| b.cmp(a));
+    s.into_iter().skip(keep).collect()
+}
+
+pub fn prune(root: &Path, keep: usize) -> Result<()> {
+    let all = list(root);
+    let steps: Vec<u64> = all.iter().map(|(s, _)| *s).collect();
+    for s in steps_to_prune(&steps, keep) {
+        let dir = root.join(dir_name(s));
+        std::fs::remove_dir_all(&dir).with_context(|| format!("cannot remove old checkpoint {}", dir.display()))?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn meta(step: u64) -> Meta {
+        Meta {
+            format_version: FORMAT_VERSION,
+            step,
+            critic_step: step * 5,
+            seed: 1,
+            config_hash: "h".into(),
+            config: String::new(),
+            world_size: 1,
+            gandist_version: "t".into(),
+            libtorch_version: "t".into(),
+            state_sha256: String::new(),
+            extra: BTreeMap::new(),
+        }
+    }
+
+    fn sample() -> (TensorMap, BTreeMap<String, Vec<usize>>) {
+        let mut t = TensorMap::new();
+        t.insert("a".into(), (vec![2, 2], vec![1.0, 2.0, 3.0, 4.5]));
+        t.insert("b".into(), (vec![1], vec![-7.0]));
+        let shapes = t.iter().map(|(k, v)| (k.clone(), v.0.clone())).collect();
+        (t, shapes)
+    }
+
+    #[test]
+    fn round_trip_and_keep_last() {
+        let root = tempfile::tempdir().unwrap();
+        let (t, shapes) = sample();
+        for s in [10, 20, 30] {
+            save(root.path(), meta(s), &t).unwrap();
+        }
+        prune(root.path(), 2).unwrap();
+        let steps: Vec<u64> = list(root.path()).iter().map(|x| x.0).collect();
+        assert_eq!(steps, vec![30, 20]);
+        let l = load_latest(root.path(), &shapes).unwrap().unwrap();
+        assert_eq!(l.meta.step, 30);
+        assert_eq!(l.tensors, t);
+    }
+
+    #[test]
+    fn prune_policy() {
+        assert_eq!(steps_to_prune(&[5, 1, 3, 9], 2), vec![3, 1]);
+        assert!(steps_to_prune(&[5], 3).is_empty());
+    }
+
+    #[test]
+    fn corruption_is_detected_and_auto_falls_back() {
+        let root = tempfile::tempdir().unwrap();
+        let (t, shapes) = sample();
+        save(root.path(), meta(1), &t).unwrap();
+        let newest = save(root.path(), meta(2), &t).unwrap();
+        let state = newest.join(STATE_FILE);
+        let mut bytes = std::fs::read(&state).unwrap();
+        let last = bytes.len() - 1;
+        bytes[last] ^= 0x40;
+        std::fs::write(&state, &bytes).unwrap();
+        let e = format!("{:#}", load(&newest, &shapes).err().unwrap());
+        assert!(e.contains("does not match"), "{e}");
+        assert_eq!(load_latest(root.path(), &shapes).unwrap().unwrap().meta.step, 1);
+        // Truncation, a missing tensor and a wrong shape, each named.
+        std::fs::write(&state, &bytes[..10]).unwrap();
+        assert!(format!("{:#}", load(&newest, &shapes).err().unwrap()).contains("truncated or corrupted"));
+        let mut wrong = shapes.clone();
+        wrong.insert("c".into(), vec![1]);
+        assert!(format!("{:#}", load(&root.path().join(dir_name(1)), &wrong).err().unwrap()).contains("tensor c is missing"));
+        let mut wrong = shapes.clone();
+        wrong.insert("a".into(), vec![4]);
+        assert!(format!("{:#}", load(&root.path().join(dir_name(1)), &wrong).err().unwrap()).contains("expected [4]"));
+    }
+
+    #[test]
+    fn failed_write_leaves_previous_checkpoint_intact() {
+        let root = tempfile::tempdir().unwrap();
+        let (t, shapes) = sample();
+        save(root.path(), meta(1), &t).unwrap();
+        // A plain file where step 2's directory must go makes the final replace fail after
+        // the state was written: the temp directory must vanish and step 1 stay loadable.
+        std::fs::write(root.path().join(dir_name(2)), b"not a directory").unwrap();
+        let e = format!("{:#}", save(root.path(), meta(2), &t).unwrap_err());
+        assert!(e.contains("earlier checkpoints") && e.contains("cannot replace"), "{e}");
+        assert!(!root.path().join(format!(".{}.tmp", dir_name(2))).exists());
+        assert_eq!(load_latest(root.path(), &shapes).unwrap().unwrap().meta.step, 1);
+    }
+
+    #[test]
+    fn non_finite_values_are_refused() {
+        let root = tempfile::tempdir().unwrap();
+        let (mut t, shapes) = sample();
+        t.get_mut("b").unwrap().1[0] = f32::NAN;
+        let d = save(root.path(), meta(1), &t).unwrap();
+        assert!(format!("{:#}", load(&d, &shapes).err().unwrap()).contains("non-finite"));
+    }
+}

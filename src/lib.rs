@@ -1,0 +1,22 @@
+//! gandist: stable, observable, data-parallel GAN training on MNIST.
+//!
+//! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
+//! `objective` (adversarial losses), `regularize` (penalties), `optim` (Adam, clipping),
+//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`.
+
+pub mod bench;
+pub mod checkpoint;
+pub mod config;
+pub mod data;
+pub mod dist;
+pub mod fsutil;
+pub mod model;
+pub mod objective;
+pub mod optim;
+pub mod regularize;
+pub mod runlog;
+pub mod samples;
+pub mod train;
+
+/// The libtorch version this build is made for (tch 0.24 checks it at build time).
+pub const LIBTORCH_VERSION: &str = "2.11.0";

@@ -1,0 +1,206 @@
+//! The `gandist` command line: train, sample, data, bench.
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand, ValueEnum};
+use gandist::config::Config;
+use gandist::data::mnist;
+use gandist::train::{self, Outcome, Resume, RunOptions};
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+#[derive(Parser)]
+#[command(name = "gandist", version, about = "Stable, observable, data-parallel GAN training on MNIST")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Train a GAN (run under mpirun or srun for data-parallel training).
+    Train {
+        #[arg(long)]
+        config: PathBuf,
+        /// Override a config value, e.g. --set optim.lr_d=2e-4 (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Run directory (default: runs/<config file name>).
+        #[arg(long)]
+        run_dir: Option<PathBuf>,
+        /// Continue from a checkpoint directory, or `auto` for the newest usable one in the run directory.
+        #[arg(long)]
+        resume: Option<String>,
+    },
+    /// Generate samples from a checkpoint's generator.
+    Sample {
+        /// A checkpoint directory, or a run directory (its newest checkpoint).
+        #[arg(long)]
+        checkpoint: PathBuf,
+        #[arg(long, default_value_t = 64)]
+        n: usize,
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long, value_enum, default_value_t = SampleFormat::Png)]
+        format: SampleFormat,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Fetch or verify the MNIST files.
+    Data {
+        #[command(subcommand)]
+        action: DataAction,
+    },
+    /// Images/s of the training iteration on synthetic data.
+    Bench {
+        #[arg(long, default_value = "cpu")]
+        device: String,
+        #[arg(long, default_value_t = 64)]
+        batch: i64,
+        #[arg(long, default_value_t = 20)]
+        iters: u64,
+        #[arg(long, default_value_t = 3)]
+        warmup: u64,
+        /// A config to take the model and loss from (default: the built-in WGAN-GP).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+    },
+}
+
+#[derive(Subcommand)]
+enum DataAction {
+    /// Download the four files from the public mirrors, or import them with --from.
+    Fetch {
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Import from this local folder instead of downloading.
+        #[arg(long)]
+        from: Option<PathBuf>,
+    },
+    /// Check the SHA-256 of each file's decompressed bytes.
+    Verify {
+        #[arg(long)]
+        data: Option<PathBuf>,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum SampleFormat {
+    Png,
+    Idx,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match run(cli) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: Cli) -> Result<ExitCode> {
+    match cli.command {
+        Command::Train { config, overrides, data, run_dir, resume } => {
+            let cfg = Config::load(&config, &overrides)?;
+            let run_dir = run_dir.unwrap_or_else(|| {
+                let stem = config.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "run".into());
+                PathBuf::from("runs").join(stem)
+            });
+            let resume = resume.map(|r| if r == "auto" { Resume::Auto } else { Resume::Path(PathBuf::from(r)) });
+            let opts = RunOptions { run_dir, data_dir: mnist::resolve_dir(data.as_deref()), resume };
+            match train::run(cfg, &opts)? {
+                Outcome::Finished => Ok(ExitCode::SUCCESS),
+                Outcome::Stopped(sig) => Ok(ExitCode::from((128 + sig) as u8)),
+            }
+        }
+        Command::Sample { checkpoint, n, out, format, seed } => {
+            sample(&checkpoint, n, &out, format, seed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Data { action } => {
+            match action {
+                DataAction::Fetch { data, from } => {
+                    let dir = mnist::resolve_dir(data.as_deref());
+                    match from {
+                        Some(src) => mnist::import(&src, &dir)?,
+                        None => mnist::fetch(&dir)?,
+                    }
+                    for line in mnist::verify(&dir)? {
+                        println!("{line}");
+                    }
+                }
+                DataAction::Verify { data } => {
+                    for line in mnist::verify(&mnist::resolve_dir(data.as_deref()))? {
+                        println!("{line}");
+                    }
+                }
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Bench { device, batch, iters, warmup, config, overrides } => {
+            let mut all = vec![format!("data.batch_size={batch}"), format!("train.device=\"{device}\"")];
+            all.extend(overrides);
+            let cfg = match config {
+                Some(p) => Config::load(&p, &all)?,
+                None => Config::from_toml_str("", &all)?,
+            };
+            let dev = train::select_device(&cfg.train.device, 0)?;
+            if dev == tch::Device::Cpu && cfg.train.threads > 0 {
+                tch::set_num_threads(cfg.train.threads);
+            }
+            let r = gandist::bench::run(cfg, dev, warmup, iters)?;
+            println!(
+                "device {dev:?} batch {} iterations {} seconds {:.3} ms/iter {:.2} images/s {:.1}",
+                r.batch, r.iterations, r.seconds, r.ms_per_iteration, r.images_per_second
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u64) -> Result<()> {
+    use gandist::checkpoint;
+    if n == 0 {
+        bail!("--n must be at least 1");
+    }
+    let dir = if checkpoint.join("meta.json").exists() {
+        checkpoint.to_path_buf()
+    } else {
+        checkpoint::list(&checkpoint.join("checkpoints"))
+            .first()
+            .map(|(_, p)| p.clone())
+            .with_context(|| format!("{} is neither a checkpoint directory (no meta.json) nor a run directory with checkpoints", checkpoint.display()))?
+    };
+    let meta_text = std::fs::read(dir.join("meta.json")).with_context(|| format!("cannot read {}", dir.join("meta.json").display()))?;
+    let meta: checkpoint::Meta = serde_json::from_slice(&meta_text).with_context(|| format!("{} is not a valid checkpoint meta.json", dir.display()))?;
+    let cfg = Config::from_toml_str(&meta.config, &[]).context("the checkpoint's embedded config")?;
+    let device = train::select_device("auto", 0)?;
+    let g = gandist::model::Generator::new(&cfg.model, device);
+    let shapes = g
+        .params
+        .names
+        .iter()
+        .zip(&g.params.shapes)
+        .map(|(n, s)| (format!("generator.{n}"), s.iter().map(|&d| d as usize).collect()))
+        .collect();
+    let loaded = checkpoint::load(&dir, &shapes)?;
+    let flat: Vec<f32> = g.params.names.iter().flat_map(|n| loaded.tensors[&format!("generator.{n}")].1.clone()).collect();
+    g.params.load_flat(&tch::Tensor::from_slice(&flat).to_device(device));
+    gandist::train::step::seed_stream(seed, gandist::train::step::purpose::FIXED_NOISE, 1);
+    let z = tch::Tensor::randn([n as i64, cfg.model.latent], (tch::Kind::Float, tch::Device::Cpu)).to_device(device);
+    let bytes = tch::no_grad(|| gandist::model::to_bytes(&g.forward(&z)));
+    let side = mnist::SIDE;
+    match format {
+        SampleFormat::Png => gandist::samples::write_grid_png(out, &bytes, n, side)?,
+        SampleFormat::Idx => gandist::samples::write_idx(out, &bytes, n, side)?,
+    }
+    eprintln!("wrote {n} samples from {} (step {}) to {}", dir.display(), meta.step, out.display());
+    Ok(())
+}

@@ -1,0 +1,166 @@
+//! The WGAN-GP paper's MNIST generator and critic (its reference code's architecture), with
+//! PyTorch's default initialisation and parameters held in one flat buffer per network.
+
+pub mod params;
+
+use crate::config::ModelConfig;
+use params::{ParamBuilder, ParamSet};
+use tch::{Device, Kind, Tensor};
+
+/// Slope of the critic's leaky ReLU, as in the paper's code.
+pub const LEAKY_SLOPE: f64 = 0.2;
+
+/// PyTorch's default bound for both weights and biases: 1/sqrt(fan_in).
+fn bound(fan_in: i64) -> f64 {
+    1.0 / (fan_in as f64).sqrt()
+}
+
+/// Linear(latent, 4*4*4*dim) + ReLU, then three stride-2 transposed 5x5 convolutions
+/// 4x4 -> 8x8 (cropped to 7x7) -> 14x14 -> 28x28, then tanh for images in [-1, 1].
+pub struct Generator {
+    pub params: ParamSet,
+    pub dim: i64,
+    pub latent: i64,
+}
+
+/// Three stride-2 5x5 convolutions with leaky ReLU, 28 -> 14 -> 7 -> 4, and a linear output.
+/// No batch norm: the gradient penalty is defined per sample.
+pub struct Critic {
+    pub params: ParamSet,
+    pub dim: i64,
+    slope: Tensor,
+}
+
+impl Generator {
+    /// Draws initial weights from libtorch's global generator (seed it first).
+    pub fn new(cfg: &ModelConfig, device: Device) -> Self {
+        let (d, l) = (cfg.dim, cfg.latent);
+        let mut b = ParamBuilder::new(device);
+        b.uniform("fc.weight", &[4 * 4 * 4 * d, l], bound(l));
+        b.uniform("fc.bias", &[4 * 4 * 4 * d], bound(l));
+        // ConvTranspose2d's weight is (in, out, k, k); PyTorch takes fan_in = out * k * k.
+        for (name, cin, cout) in [("deconv1", 4 * d, 2 * d), ("deconv2", 2 * d, d), ("deconv3", d, 1)] {
+            b.uniform(&format!("{name}.weight"), &[cin, cout, 5, 5], bound(cout * 25));
+            b.uniform(&format!("{name}.bias"), &[cout], bound(cout * 25));
+        }
+        Generator { params: b.build(), dim: d, latent: l }
+    }
+
+    pub fn forward(&self, z: &Tensor) -> Tensor {
+        let p = &self.params.tensors;
+        let d = self.dim;
+        let deconv = |x: &Tensor, w: &Tensor, b: &Tensor| {
+            x.conv_transpose2d(w, Some(b), [2, 2], [2, 2], [1, 1], 1, [1, 1])
+        };
+        let x = z.linear(&p[0], Some(&p[1])).relu().view([-1, 4 * d, 4, 4]);
+        let x = deconv(&x, &p[2], &p[3]).relu();
+        let x = x.narrow(2, 0, 7).narrow(3, 0, 7);
+        let x = deconv(&x, &p[4], &p[5]).relu();
+        deconv(&x, &p[6], &p[7]).tanh()
+    }
+}
+
+impl Critic {
+    pub fn new(cfg: &ModelConfig, device: Device) -> Self {
+        let d = cfg.dim;
+        let mut b = ParamBuilder::new(device);
+        for (name, cin, cout) in [("conv1", 1, d), ("conv2", d, 2 * d), ("conv3", 2 * d, 4 * d)] {
+            b.uniform(&format!("{name}.weight"), &[cout, cin, 5, 5], bound(cin * 25));
+            b.uniform(&format!("{name}.bias"), &[cout], bound(cin * 25));
+        }
+        b.uniform("fc.weight", &[1, 4 * 4 * 4 * d], bound(4 * 4 * 4 * d));
+        b.uniform("fc.bias", &[1], bound(4 * 4 * 4 * d));
+        let slope = Tensor::from_slice(&[LEAKY_SLOPE as f32]).to_device(device);
+        Critic { params: b.build(), dim: d, slope }
+    }
+
+    /// Returns (features of the last convolution, flattened; critic output per sample).
+    pub fn forward_features(&self, x: &Tensor) -> (Tensor, Tensor) {
+        let p = &self.params.tensors;
+        let conv = |x: &Tensor, w: &Tensor, b: &Tensor| x.conv2d(w, Some(b), [2, 2], [2, 2], [1, 1], 1);
+        let x = conv(x, &p[0], &p[1]).prelu(&self.slope);
+        let x = conv(&x, &p[2], &p[3]).prelu(&self.slope);
+        let x = conv(&x, &p[4], &p[5]).prelu(&self.slope);
+        let features = x.flatten(1, -1);
+        let out = features.linear(&p[6], Some(&p[7])).view([-1]);
+        (features, out)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Tensor {
+        self.forward_features(x).1
+    }
+}
+
+/// Per-layer grouping of a network's parameters (weight and bias share a layer name).
+pub fn layer_of(param_name: &str) -> &str {
+    param_name.split('.').next().unwrap_or(param_name)
+}
+
+/// Number of float32 values in a network's parameters.
+pub fn param_count(p: &ParamSet) -> i64 {
+    p.numel()
+}
+
+/// Converts generator output in [-1, 1] to bytes 0..255, shaped (n, 28, 28).
+pub fn to_bytes(images: &Tensor) -> Vec<u8> {
+    let t = images
+        .detach()
+        .to_device(Device::Cpu)
+        .g_add_scalar(1.0)
+        .g_mul_scalar(127.5)
+        .round()
+        .clamp(0.0, 255.0)
+        .to_kind(Kind::Uint8)
+        .contiguous();
+    let n = t.numel();
+    let mut out = vec![0u8; n];
+    t.copy_data(&mut out, n);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shapes_and_ranges() {
+        tch::manual_seed(0);
+        let cfg = ModelConfig { dim: 8, latent: 16 };
+        let g = Generator::new(&cfg, Device::Cpu);
+        let d = Critic::new(&cfg, Device::Cpu);
+        let x = g.forward(&Tensor::randn([3, 16], (Kind::Float, Device::Cpu)));
+        assert_eq!(x.size(), vec![3, 1, 28, 28]);
+        assert!(x.abs().max().double_value(&[]) <= 1.0);
+        let (f, out) = d.forward_features(&x);
+        assert_eq!(f.size(), vec![3, 4 * 4 * 4 * 8]);
+        assert_eq!(out.size(), vec![3]);
+    }
+
+    #[test]
+    fn parameters_are_views_of_the_flat_buffer() {
+        tch::manual_seed(0);
+        let d = Critic::new(&ModelConfig { dim: 4, latent: 8 }, Device::Cpu);
+        let before = d.params.get("fc.bias").double_value(&[0]);
+        tch::no_grad(|| {
+            let _ = d.params.flat.shallow_clone().g_add_scalar_(1.0);
+        });
+        let after = d.params.get("fc.bias").double_value(&[0]);
+        assert!((after - before - 1.0).abs() < 1e-6);
+        assert!(d.params.tensors.iter().all(|t| t.requires_grad()));
+    }
+
+    #[test]
+    fn initialisation_matches_pytorch_bounds() {
+        // PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the sample max approaches the bound.
+        tch::manual_seed(1);
+        let g = Generator::new(&ModelConfig { dim: 16, latent: 128 }, Device::Cpu);
+        let w = g.params.get("fc.weight");
+        let b = 1.0 / 128f64.sqrt();
+        let m = w.abs().max().double_value(&[]);
+        assert!(m <= b && m > 0.99 * b, "max |w| = {m}, bound {b}");
+        let wt = g.params.get("deconv1.weight"); // (64, 32, 5, 5): fan_in = 32 * 25
+        let bt = 1.0 / (32.0f64 * 25.0).sqrt();
+        let mt = wt.abs().max().double_value(&[]);
+        assert!(mt <= bt && mt > 0.99 * bt, "max |w| = {mt}, bound {bt}");
+    }
+}

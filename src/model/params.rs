@@ -1,0 +1,89 @@
+//! An ordered set of named parameters whose storage is one flat buffer, so that the
+//! optimizer, gradient clipping and the all-reduce each touch one tensor.
+
+use tch::{Device, Kind, Tensor};
+
+pub struct ParamSet {
+    pub names: Vec<String>,
+    pub shapes: Vec<Vec<i64>>,
+    /// Leaf tensors that require grad; each is a view into `flat`.
+    pub tensors: Vec<Tensor>,
+    /// All parameters, concatenated in order.
+    pub flat: Tensor,
+}
+
+/// Collects parameters before they are bound to a flat buffer.
+pub struct ParamBuilder {
+    device: Device,
+    names: Vec<String>,
+    tensors: Vec<Tensor>,
+}
+
+impl ParamBuilder {
+    pub fn new(device: Device) -> Self {
+        ParamBuilder { device, names: Vec::new(), tensors: Vec::new() }
+    }
+
+    /// A parameter drawn from U(-bound, bound), PyTorch's default for layers.
+    pub fn uniform(&mut self, name: &str, shape: &[i64], bound: f64) {
+        let t = Tensor::empty(shape, (Kind::Float, Device::Cpu)).uniform_(-bound, bound);
+        self.names.push(name.to_string());
+        self.tensors.push(t);
+    }
+
+    /// Moves everything into one flat buffer on the device and makes each parameter a view of it.
+    pub fn build(self) -> ParamSet {
+        let shapes: Vec<Vec<i64>> = self.tensors.iter().map(|t| t.size()).collect();
+        let flat = Tensor::cat(&self.tensors.iter().map(|t| t.flatten(0, -1)).collect::<Vec<_>>(), 0)
+            .to_device(self.device);
+        let mut tensors = Vec::with_capacity(shapes.len());
+        let mut offset = 0;
+        for shape in &shapes {
+            let numel: i64 = shape.iter().product();
+            let mut p = Tensor::zeros([0], (Kind::Float, self.device)).set_requires_grad(true);
+            p.set_data(&flat.narrow(0, offset, numel).view(shape.as_slice()));
+            tensors.push(p);
+            offset += numel;
+        }
+        ParamSet { names: self.names, shapes, tensors, flat }
+    }
+}
+
+impl ParamSet {
+    pub fn numel(&self) -> i64 {
+        self.flat.numel() as i64
+    }
+
+    pub fn get(&self, name: &str) -> &Tensor {
+        let i = self.names.iter().position(|n| n == name).unwrap_or_else(|| panic!("no parameter {name}"));
+        &self.tensors[i]
+    }
+
+    /// Element ranges of each parameter within the flat buffer.
+    pub fn offsets(&self) -> Vec<(i64, i64)> {
+        let mut out = Vec::with_capacity(self.shapes.len());
+        let mut off = 0;
+        for s in &self.shapes {
+            let n: i64 = s.iter().product();
+            out.push((off, n));
+            off += n;
+        }
+        out
+    }
+
+    /// Concatenates per-parameter gradients into one flat tensor (missing ones as zeros).
+    pub fn flatten_grads(&self, grads: &[Tensor]) -> Tensor {
+        let parts: Vec<Tensor> = grads
+            .iter()
+            .zip(&self.tensors)
+            .map(|(g, p)| if g.defined() { g.flatten(0, -1) } else { p.zeros_like().flatten(0, -1) })
+            .collect();
+        Tensor::cat(&parts, 0)
+    }
+
+    /// Overwrites all parameters from a flat tensor of the same length.
+    pub fn load_flat(&self, values: &Tensor) {
+        let mut flat = self.flat.shallow_clone();
+        tch::no_grad(|| flat.copy_(values));
+    }
+}

@@ -1,0 +1,3 @@
+//! Regularisers added to the critic or generator loss, one file each.
+
+pub mod gradient_penalty;

@@ -1,0 +1,340 @@
+//! The training run: device and rank set-up, run directory, resume, the loop (critic phase,
+//! generator phase, log, samples, checkpoint), and a clean stop on SIGTERM/SIGINT that every
+//! rank agrees on.
+
+pub mod step;
+
+use crate::checkpoint::{self, Meta};
+use crate::config::Config;
+use crate::data::{DeviceImages, Mnist, Split};
+use crate::dist::{self, Collective};
+use crate::runlog::ScalarLog;
+use anyhow::{bail, Context, Result};
+use serde_json::{json, Map, Value};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::Instant;
+pub use step::{Trainer, UpdateStats};
+use tch::Device;
+
+#[derive(Debug, Clone)]
+pub enum Resume {
+    /// The newest usable checkpoint in the run directory, if any.
+    Auto,
+    Path(PathBuf),
+}
+
+pub struct RunOptions {
+    pub run_dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub resume: Option<Resume>,
+}
+
+/// How a run ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Finished,
+    /// Stopped by this signal after writing a checkpoint.
+    Stopped(i32),
+}
+
+/// Picks the device from the config and the rank's node-local index.
+pub fn select_device(name: &str, local_rank: usize) -> Result<Device> {
+    let cuda = tch::Cuda::is_available();
+    let count = tch::Cuda::device_count().max(1) as usize;
+    match name {
+        "cpu" => Ok(Device::Cpu),
+        "auto" if !cuda => Ok(Device::Cpu),
+        "auto" | "cuda" if cuda => Ok(Device::Cuda(local_rank % count)),
+        "cuda" => bail!("train.device = \"cuda\" but libtorch sees no CUDA device (use \"cpu\" or \"auto\")"),
+        s => {
+            let i: usize = s.strip_prefix("cuda:").and_then(|i| i.parse().ok()).context("train.device")?;
+            if !cuda || i >= count {
+                bail!("train.device = {s:?} but libtorch sees {} CUDA device(s)", if cuda { count } else { 0 });
+            }
+            Ok(Device::Cuda(i))
+        }
+    }
+}
+
+/// CPU threads per rank: the configured number, else the cores shared among this node's ranks.
+fn threads_per_rank(cfg: &Config) -> i32 {
+    if cfg.train.threads > 0 {
+        return cfg.train.threads;
+    }
+    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let local_ranks: usize = ["OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"]
+        .iter()
+        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+        .unwrap_or(1);
+    (cores / local_ranks.max(1)).max(1) as i32
+}
+
+/// Installs SIGTERM/SIGINT handlers that only set a flag; the loop acts on it at a safe point.
+fn stop_flag() -> Result<(Arc<AtomicBool>, Arc<AtomicI32>)> {
+    let flag = Arc::new(AtomicBool::new(false));
+    let which = Arc::new(AtomicI32::new(0));
+    for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
+        let (f, w) = (flag.clone(), which.clone());
+        // SAFETY: the handler only stores to atomics, which is async-signal-safe.
+        unsafe {
+            signal_hook::low_level::register(sig, move || {
+                w.store(sig, Ordering::SeqCst);
+                f.store(true, Ordering::SeqCst);
+            })
+        }
+        .context("cannot install signal handler")?;
+    }
+    Ok((flag, which))
+}
+
+/// Checks that the run directory can be created and written, before any training.
+fn prepare_run_dir(dir: &Path) -> Result<()> {
+    std::fs::create_dir_all(dir).with_context(|| format!("cannot create run directory {}", dir.display()))?;
+    let probe = dir.join(".write-test");
+    std::fs::write(&probe, b"ok").with_context(|| format!("run directory {} is not writable", dir.display()))?;
+    std::fs::remove_file(&probe).ok();
+    for sub in ["checkpoints", "samples"] {
+        std::fs::create_dir_all(dir.join(sub)).with_context(|| format!("cannot create {}", dir.join(sub).display()))?;
+    }
+    Ok(())
+}
+
+/// Trains `cfg` and returns how the run ended. Runs on every rank.
+pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
+    let comm: Rc<dyn Collective> = Rc::from(dist::init(cfg.dist.backend)?);
+    let result = run_with(cfg, opts, comm.clone());
+    if let Err(e) = &result {
+        if comm.world_size() > 1 {
+            // A rank that fails alone would leave the others waiting in a collective.
+            eprintln!("rank {}: error: {e:#}", comm.rank());
+            comm.abort(1);
+        }
+    }
+    result
+}
+
+fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>) -> Result<Outcome> {
+    let rank = comm.rank();
+    let is_root = rank == 0;
+    let device = select_device(&cfg.train.device, comm.local_rank())?;
+    if device == Device::Cpu {
+        tch::set_num_threads(threads_per_rank(&cfg));
+    }
+    let ckpt_root = opts.run_dir.join("checkpoints");
+    if is_root {
+        prepare_run_dir(&opts.run_dir)?;
+        if opts.resume.is_none() && !checkpoint::list(&ckpt_root).is_empty() {
+            bail!(
+                "run directory {} already holds checkpoints: pass --resume auto to continue that run, or choose another --run-dir",
+                opts.run_dir.display()
+            );
+        }
+    }
+    let mut mnist = Mnist::load(&opts.data_dir, Split::Train)?;
+    mnist.truncate(cfg.data.limit);
+    let data = DeviceImages::from_mnist(&mnist, device)?;
+    drop(mnist);
+    let mut trainer = Trainer::new(cfg.clone(), comm, device, data)?;
+
+    if let Some(resume) = &opts.resume {
+        let shapes = trainer.state_shapes();
+        let loaded = match resume {
+            Resume::Auto => checkpoint::load_latest(&ckpt_root, &shapes)?,
+            Resume::Path(p) => Some(checkpoint::load(p, &shapes)?),
+        };
+        if let Some(l) = loaded {
+            restore(&mut trainer, &l)?;
+            if is_root {
+                eprintln!("resumed from {} at step {}", l.dir.display(), l.meta.step);
+            }
+        } else if is_root {
+            eprintln!("no checkpoint in {}: starting from scratch", ckpt_root.display());
+        }
+    }
+    trainer.broadcast_state()?;
+
+    let mut log = if is_root {
+        std::fs::write(opts.run_dir.join("config.toml"), cfg.to_toml())
+            .with_context(|| format!("cannot write {}", opts.run_dir.join("config.toml").display()))?;
+        Some(ScalarLog::open(&opts.run_dir.join("metrics.jsonl"))?)
+    } else {
+        None
+    };
+    let (stop, which_signal) = stop_flag()?;
+    let fixed_noise = trainer.fixed_noise(64);
+    let interactive = std::io::stderr().is_terminal() && is_root;
+    let bar = progress_bar(interactive, cfg.train.iterations, trainer.step);
+    let images_per_iteration = (cfg.data.batch_size as u64 * cfg.train.n_critic) as f64;
+    let mut window_start = (Instant::now(), trainer.step);
+    let run_start = Instant::now();
+    let start_step = trainer.step;
+
+    let mut outcome = Outcome::Finished;
+    while trainer.step < cfg.train.iterations {
+        let (critic_stats, g_stats) = trainer.iteration(stop.load(Ordering::SeqCst))?;
+        let step = trainer.step;
+        let last_d = critic_stats.last().expect("n_critic >= 1");
+        let stopping = g_stats.stop_requested || critic_stats.iter().any(|s| s.stop_requested);
+        if step % cfg.train.log_every == 0 || step == cfg.train.iterations || stopping {
+            let elapsed = window_start.0.elapsed().as_secs_f64().max(1e-9);
+            let rate = (step - window_start.1) as f64 * images_per_iteration / elapsed;
+            window_start = (Instant::now(), step);
+            let record = log_record(&trainer, last_d, &g_stats, &critic_stats, rate, run_start.elapsed().as_secs_f64());
+            if let Some(log) = log.as_mut() {
+                log.write(&record)?;
+            }
+            let line = progress_line(&record);
+            match &bar {
+                Some(b) => b.set_message(line),
+                None if is_root => eprintln!("step {step}/{} {line}", cfg.train.iterations),
+                None => {}
+            }
+        }
+        if let Some(b) = &bar {
+            b.set_position(step);
+        }
+        if is_root && (step % cfg.train.sample_every == 0 || step == cfg.train.iterations || stopping) {
+            write_samples(&trainer, &fixed_noise, &opts.run_dir, step)?;
+        }
+        if step % cfg.train.checkpoint_every == 0 || step == cfg.train.iterations || stopping {
+            save_checkpoint(&trainer, &ckpt_root, &cfg)?;
+        }
+        if stopping {
+            let sig = which_signal.load(Ordering::SeqCst);
+            if is_root {
+                eprintln!("stop requested (signal {sig} on some rank): checkpoint written at step {step}");
+            }
+            outcome = Outcome::Stopped(if sig == 0 { signal_hook::consts::SIGTERM } else { sig });
+            break;
+        }
+    }
+    if let Some(b) = bar {
+        b.finish();
+    }
+    if is_root && outcome == Outcome::Finished {
+        let secs = run_start.elapsed().as_secs_f64();
+        eprintln!(
+            "finished {} iterations ({} this run) in {:.1} s; run directory {}",
+            trainer.step,
+            trainer.step - start_step,
+            secs,
+            opts.run_dir.display()
+        );
+    }
+    trainer.comm.barrier()?;
+    Ok(outcome)
+}
+
+fn progress_bar(interactive: bool, total: u64, pos: u64) -> Option<indicatif::ProgressBar> {
+    if !interactive {
+        return None;
+    }
+    let bar = indicatif::ProgressBar::new(total);
+    bar.set_style(
+        indicatif::ProgressStyle::with_template("{pos}/{len} {bar:25} {elapsed_precise} ETA {eta_precise} {msg}")
+            .expect("static template"),
+    );
+    bar.set_position(pos);
+    Some(bar)
+}
+
+fn log_record(t: &Trainer, d: &UpdateStats, g: &UpdateStats, all_d: &[UpdateStats], rate: f64, elapsed: f64) -> Map<String, Value> {
+    let mut m = Map::new();
+    m.insert("step".into(), json!(t.step));
+    m.insert("critic_step".into(), json!(t.critic_step));
+    m.insert("images".into(), json!(t.critic_step * t.cfg.data.batch_size as u64));
+    for (k, v) in d.scalars.iter().chain(&g.scalars) {
+        m.insert(k.to_string(), json!(v));
+    }
+    if let Some(c) = d.clip {
+        m.insert("d_grad_norm".into(), json!(c.norm_before));
+        m.insert("d_grad_norm_clipped".into(), json!(c.norm_after));
+    }
+    if let Some(c) = g.clip {
+        m.insert("g_grad_norm".into(), json!(c.norm_before));
+        m.insert("g_grad_norm_clipped".into(), json!(c.norm_after));
+        m.insert("g_clipped".into(), json!(c.clipped));
+    }
+    let d_clips = all_d.iter().filter(|s| s.clip.is_some_and(|c| c.clipped)).count();
+    m.insert("d_clipped_updates".into(), json!(d_clips));
+    m.insert("skipped_updates".into(), json!(t.skipped_updates));
+    m.insert("images_per_second".into(), json!(rate));
+    m.insert("elapsed_seconds".into(), json!(elapsed));
+    m.insert("world_size".into(), json!(t.comm.world_size()));
+    m
+}
+
+fn progress_line(r: &Map<String, Value>) -> String {
+    let f = |k: &str| r.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    format!(
+        "d_loss {:.4} g_loss {:.4} W {:.4} gp {:.4} |gd| {:.3} |gg| {:.3} {:.0} img/s",
+        f("d_loss"),
+        f("g_loss"),
+        f("wasserstein"),
+        f("d_gp"),
+        f("d_grad_norm"),
+        f("g_grad_norm"),
+        f("images_per_second")
+    )
+}
+
+fn write_samples(t: &Trainer, z: &tch::Tensor, run_dir: &Path, step: u64) -> Result<()> {
+    let bytes = t.sample_bytes(z);
+    let n = z.size()[0] as usize;
+    let side = crate::data::mnist::SIDE;
+    crate::samples::write_grid_png(&run_dir.join("samples").join(format!("step-{step:09}.png")), &bytes, n, side)?;
+    crate::samples::write_grid_png(&run_dir.join("samples").join("latest.png"), &bytes, n, side)
+}
+
+fn save_checkpoint(t: &Trainer, root: &Path, cfg: &Config) -> Result<()> {
+    let sums = t.comm.all_gather_u64(t.param_checksum()?)?;
+    if sums.iter().any(|&s| s != sums[0]) {
+        bail!("parameters differ between ranks at step {} (checksums {sums:x?}): ranks have diverged", t.step);
+    }
+    if t.comm.rank() != 0 {
+        return Ok(());
+    }
+    let mut extra = std::collections::BTreeMap::new();
+    extra.insert("opt_g_steps".into(), t.opt_g.steps as f64);
+    extra.insert("opt_d_steps".into(), t.opt_d.steps as f64);
+    extra.insert("skipped_updates".into(), t.skipped_updates as f64);
+    let meta = Meta {
+        format_version: checkpoint::FORMAT_VERSION,
+        step: t.step,
+        critic_step: t.critic_step,
+        seed: cfg.train.seed,
+        config_hash: cfg.trajectory_hash(),
+        config: cfg.to_toml(),
+        world_size: t.comm.world_size(),
+        gandist_version: env!("CARGO_PKG_VERSION").into(),
+        libtorch_version: crate::LIBTORCH_VERSION.into(),
+        state_sha256: String::new(),
+        extra,
+    };
+    checkpoint::save(root, meta, &t.export_state()?)?;
+    checkpoint::prune(root, cfg.train.keep_checkpoints)
+}
+
+fn restore(t: &mut Trainer, l: &checkpoint::Loaded) -> Result<()> {
+    let want = t.cfg.trajectory_hash();
+    if l.meta.config_hash != want {
+        bail!(
+            "checkpoint {} was written by a different configuration (hash {} vs this run's {}): only train.iterations, logging, device, dist and metrics settings may change on resume",
+            l.dir.display(),
+            l.meta.config_hash,
+            want
+        );
+    }
+    t.import_state(&l.tensors)?;
+    t.step = l.meta.step;
+    t.critic_step = l.meta.critic_step;
+    let get = |k: &str| l.meta.extra.get(k).copied().unwrap_or(0.0) as u64;
+    t.opt_g.steps = get("opt_g_steps");
+    t.opt_d.steps = get("opt_d_steps");
+    t.skipped_updates = get("skipped_updates");
+    Ok(())
+}

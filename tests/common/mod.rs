@@ -1,0 +1,65 @@
+//! Helpers shared by the integration tests: the binary, the MNIST folder, command runs.
+#![allow(dead_code)]
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+pub fn bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_gandist"))
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+}
+
+/// The MNIST folder for tests: GANDIST_TEST_DATA, else ../shared/data/mnist. Panics when it is
+/// missing, so that a test machine without the data fails loudly rather than passing vacuously.
+pub fn mnist_dir() -> PathBuf {
+    let p = std::env::var_os("GANDIST_TEST_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo().join("../shared/data/mnist"));
+    assert!(p.join("train-images-idx3-ubyte.gz").exists(), "MNIST not found in {} (set GANDIST_TEST_DATA)", p.display());
+    p
+}
+
+pub fn gandist(args: &[&str]) -> Output {
+    Command::new(bin()).args(args).output().expect("gandist runs")
+}
+
+pub fn text(o: &Output) -> String {
+    format!("{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr))
+}
+
+/// Runs gandist and asserts success, returning its combined output.
+pub fn ok(args: &[&str]) -> String {
+    let o = gandist(args);
+    let t = text(&o);
+    assert!(o.status.success(), "gandist {args:?} failed: {t}");
+    t
+}
+
+/// Runs gandist and asserts failure with a message containing every `needles`.
+pub fn fails(args: &[&str], needles: &[&str]) -> String {
+    let o = gandist(args);
+    let t = text(&o);
+    assert!(!o.status.success(), "gandist {args:?} should fail: {t}");
+    for n in needles {
+        assert!(t.contains(n), "gandist {args:?}: expected {n:?} in: {t}");
+    }
+    assert!(!t.contains("panicked"), "gandist {args:?} panicked: {t}");
+    t
+}
+
+pub fn smoke_config() -> PathBuf {
+    repo().join("configs/smoke.toml")
+}
+
+/// Reads a checkpoint's state tensors by name.
+pub fn state(dir: &Path) -> std::collections::BTreeMap<String, Vec<f32>> {
+    let bytes = std::fs::read(dir.join("state.safetensors")).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    st.tensors()
+        .into_iter()
+        .map(|(name, v)| (name, v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()))
+        .collect()
+}
