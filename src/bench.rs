@@ -1,9 +1,11 @@
 //! `gandist bench`: images/s of the WGAN-GP iteration (n_critic critic updates + one
-//! generator update) on synthetic data, so that it needs no data set.
+//! generator update) on synthetic data, so that it needs no data set; under mpirun, also the
+//! all-reduce's bytes, time and share of the step.
 
 use crate::config::Config;
 use crate::data::{DeviceImages, Mnist};
-use crate::dist::Local;
+use crate::dist::Collective;
+use crate::train::step::AllReduceStats;
 use crate::train::Trainer;
 use anyhow::Result;
 use std::rc::Rc;
@@ -16,6 +18,43 @@ pub struct BenchResult {
     pub seconds: f64,
     pub images_per_second: f64,
     pub ms_per_iteration: f64,
+    pub world_size: usize,
+    /// Float32 values in the generator and the critic.
+    pub params: (i64, i64),
+    /// All-reduces of the timed iterations only.
+    pub allreduce: AllReduceStats,
+}
+
+impl BenchResult {
+    /// One line per figure, for people and for docs/.
+    pub fn report(&self, device: Device, backend: &str) -> String {
+        let mut s = format!(
+            "device {device:?} backend {backend} ranks {} global batch {} iterations {}\n\
+             time {:.3} s, {:.2} ms/iteration, {:.1} images/s (critic images: n_critic x batch x iterations / s)\n\
+             parameters: generator {} critic {} ({:.2} MB and {:.2} MB of float32)",
+            self.world_size,
+            self.batch,
+            self.iterations,
+            self.seconds,
+            self.ms_per_iteration,
+            self.images_per_second,
+            self.params.0,
+            self.params.1,
+            self.params.0 as f64 * 4e-6,
+            self.params.1 as f64 * 4e-6,
+        );
+        if self.allreduce.calls > 0 {
+            let a = &self.allreduce;
+            s += &format!(
+                "\nall-reduce: {} calls, {:.3} MB per update on average, {:.3} ms per update, {:.1}% of the step",
+                a.calls,
+                a.bytes as f64 / a.calls as f64 * 1e-6,
+                a.seconds / a.calls as f64 * 1e3,
+                100.0 * a.seconds / self.seconds
+            );
+        }
+        s
+    }
 }
 
 /// Random images in place of MNIST: the step's cost does not depend on pixel values.
@@ -26,14 +65,16 @@ fn synthetic(n: usize) -> Mnist {
     Mnist { images, labels, n }
 }
 
-pub fn run(mut cfg: Config, device: Device, warmup: u64, iterations: u64) -> Result<BenchResult> {
+pub fn run(mut cfg: Config, comm: Rc<dyn Collective>, device: Device, warmup: u64, iterations: u64) -> Result<BenchResult> {
     cfg.train.iterations = warmup + iterations;
     let data = DeviceImages::from_mnist(&synthetic((cfg.data.batch_size as usize * 4).max(1024)), device)?;
-    let mut t = Trainer::new(cfg.clone(), Rc::new(Local), device, data)?;
+    let world_size = comm.world_size();
+    let mut t = Trainer::new(cfg.clone(), comm, device, data)?;
     for _ in 0..warmup {
         t.iteration(false)?;
     }
     sync(device);
+    t.allreduce = AllReduceStats::default();
     let start = Instant::now();
     for _ in 0..iterations {
         t.iteration(false)?;
@@ -47,6 +88,9 @@ pub fn run(mut cfg: Config, device: Device, warmup: u64, iterations: u64) -> Res
         seconds,
         images_per_second: images / seconds,
         ms_per_iteration: 1e3 * seconds / iterations as f64,
+        world_size,
+        params: (t.generator.params.numel(), t.critic.params.numel()),
+        allreduce: t.allreduce,
     })
 }
 

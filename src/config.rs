@@ -17,6 +17,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub dist: DistConfig,
     pub metrics: MetricsConfig,
+    pub faults: FaultConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,6 +118,19 @@ pub struct MetricsConfig {
     pub port_base: u16,
 }
 
+/// Fault injection, for tests of the failure paths. Off by default.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FaultConfig {
+    /// Critic updates (0-based, counted over the whole run) whose local gradient becomes NaN.
+    pub nan_critic_updates: Vec<u64>,
+    /// The rank that injects them (-1 = every rank).
+    pub nan_rank: i64,
+    /// Keep the gradient penalty's gradient out of the all-reduce (each rank applies its own):
+    /// a deliberately wrong trainer that the world-size tests must catch.
+    pub unreduced_penalty: bool,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -128,6 +142,7 @@ impl Default for Config {
             train: TrainConfig::default(),
             dist: DistConfig::default(),
             metrics: MetricsConfig::default(),
+            faults: FaultConfig::default(),
         }
     }
 }

@@ -151,15 +151,17 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(p) => Config::load(&p, &all)?,
                 None => Config::from_toml_str("", &all)?,
             };
-            let dev = train::select_device(&cfg.train.device, 0)?;
+            let comm: std::rc::Rc<dyn gandist::dist::Collective> = std::rc::Rc::from(gandist::dist::init(cfg.dist.backend)?);
+            let dev = train::select_device(&cfg.train.device, comm.local_rank())?;
             if dev == tch::Device::Cpu && cfg.train.threads > 0 {
                 tch::set_num_threads(cfg.train.threads);
             }
-            let r = gandist::bench::run(cfg, dev, warmup, iters)?;
-            println!(
-                "device {dev:?} batch {} iterations {} seconds {:.3} ms/iter {:.2} images/s {:.1}",
-                r.batch, r.iterations, r.seconds, r.ms_per_iteration, r.images_per_second
-            );
+            let backend = comm.backend_name();
+            let is_root = comm.rank() == 0;
+            let r = gandist::bench::run(cfg, comm, dev, warmup, iters)?;
+            if is_root {
+                println!("{}", r.report(dev, backend));
+            }
             Ok(ExitCode::SUCCESS)
         }
     }

@@ -60,6 +60,23 @@ pub struct Trainer {
     pub critic_step: u64,
     pub local_batch: i64,
     pub skipped_updates: u64,
+    pub allreduce: AllReduceStats,
+}
+
+/// Cumulative cost of the all-reduces (zero in a single process).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct AllReduceStats {
+    pub calls: u64,
+    pub bytes: u64,
+    pub seconds: f64,
+}
+
+impl AllReduceStats {
+    fn record(&mut self, seconds: f64, bytes: u64) {
+        self.calls += 1;
+        self.bytes += bytes;
+        self.seconds += seconds;
+    }
 }
 
 impl Trainer {
@@ -94,6 +111,7 @@ impl Trainer {
             step: 0,
             critic_step: 0,
             skipped_updates: 0,
+            allreduce: AllReduceStats::default(),
         };
         t.broadcast_state()?;
         Ok(t)
@@ -152,11 +170,25 @@ impl Trainer {
             let zero = Tensor::zeros([], (Kind::Float, self.device));
             (adv.shallow_clone(), zero.shallow_clone(), zero)
         };
-        let grads = Tensor::run_backward(&[&loss], &critic.params.tensors, false, false);
-        let flat = critic.params.flatten_grads(&grads);
+        let faults = &self.cfg.faults;
+        let (flat, unreduced) = if faults.unreduced_penalty && lambda > 0.0 {
+            let g_adv = Tensor::run_backward(&[&adv], &critic.params.tensors, true, false);
+            let g_pen = Tensor::run_backward(&[&(&loss - &adv)], &critic.params.tensors, false, false);
+            (critic.params.flatten_grads(&g_adv), Some(critic.params.flatten_grads(&g_pen)))
+        } else {
+            let grads = Tensor::run_backward(&[&loss], &critic.params.tensors, false, false);
+            (critic.params.flatten_grads(&grads), None)
+        };
+        let rank = self.comm.rank() as i64;
+        if faults.nan_critic_updates.contains(&c) && (faults.nan_rank < 0 || faults.nan_rank == rank) {
+            let _ = flat.shallow_clone().fill_(f64::NAN);
+        }
         let names = ["d_loss", "d_adv", "d_gp", "wasserstein", "gp_grad_norm"];
         let scalars = [loss.detach(), adv.detach(), gp, wdist, gp_norm];
         let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
+        if let Some(local) = unreduced {
+            let _ = grad.shallow_clone().g_add_(&local);
+        }
         self.critic_step += 1;
         if stats.skipped {
             self.skipped_updates += 1;
@@ -200,7 +232,7 @@ impl Trainer {
 
     /// The one all-reduce of an update: [gradient | non-finite flag | stop flag | scalars],
     /// summed over ranks and divided by the world size.
-    fn reduce(&self, grad: Tensor, names: &[&'static str], scalars: &[Tensor], stop: bool) -> Result<(Tensor, UpdateStats)> {
+    fn reduce(&mut self, grad: Tensor, names: &[&'static str], scalars: &[Tensor], stop: bool) -> Result<(Tensor, UpdateStats)> {
         let n = grad.numel() as i64;
         let nonfinite = grad.isfinite().logical_not().any().to_kind(Kind::Float).view([1]);
         let stop_flag = Tensor::from_slice(&[stop as i32 as f32]).to_device(self.device);
@@ -209,8 +241,10 @@ impl Trainer {
         let mut buf = Tensor::cat(&parts, 0);
         let world = self.comm.world_size();
         if world > 1 {
+            let started = std::time::Instant::now();
             self.comm.all_reduce_sum(&mut buf)?;
             let _ = buf.g_div_scalar_(world as f64);
+            self.allreduce.record(started.elapsed().as_secs_f64(), buf.numel() as u64 * 4);
         }
         let tail: Vec<f32> = Vec::try_from(&buf.narrow(0, n, 2 + scalars.len() as i64).to_device(Device::Cpu))?;
         let stats = UpdateStats {

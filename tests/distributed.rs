@@ -1,0 +1,244 @@
+//! Data-parallel training under real Open MPI: world-size invariance, agreement on clip and
+//! skip decisions, the penalty's second-order terms inside the reduction, a killed rank, an
+//! agreed stop on SIGTERM, and resumption on a different number of ranks.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn mpirun(n: usize) -> Command {
+    let mut c = Command::new("mpirun");
+    c.args(["-n", &n.to_string(), "--oversubscribe"])
+        .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
+        .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
+        .arg(bin());
+    c
+}
+
+/// `gandist train` on the smoke config under `mpirun -n n`, with extra overrides.
+fn train_cmd(n: usize, run: &Path, sets: &[String], extra: &[&str]) -> Command {
+    let mut c = mpirun(n);
+    c.args(["train", "--config", smoke_config().to_str().unwrap(), "--data", mnist_dir().to_str().unwrap()]);
+    c.args(["--run-dir", run.to_str().unwrap()]);
+    for s in sets {
+        c.args(["--set", s]);
+    }
+    c.args(extra);
+    c
+}
+
+fn run_ok(mut c: Command) -> String {
+    let o: Output = c.output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{c:?} failed: {t}");
+    t
+}
+
+/// Largest |a - b| over a tensor, relative to the tensor's largest |a|: float32 summation
+/// order changes each value by a few ulps of the tensor's scale, not of each tiny element.
+fn worst_relative(a: &BTreeMap<String, Vec<f32>>, b: &BTreeMap<String, Vec<f32>>) -> (String, f64) {
+    let mut worst = (String::new(), 0.0);
+    for (k, va) in a {
+        let vb = &b[k];
+        let scale = va.iter().fold(0f64, |m, x| m.max(x.abs() as f64)).max(1e-12);
+        let diff = va.iter().zip(vb).fold(0f64, |m, (x, y)| m.max((*x as f64 - *y as f64).abs()));
+        if diff / scale > worst.1 {
+            worst = (k.clone(), diff / scale);
+        }
+    }
+    worst
+}
+
+fn networks_only(m: BTreeMap<String, Vec<f32>>) -> BTreeMap<String, Vec<f32>> {
+    m.into_iter().filter(|(k, _)| k.starts_with("generator.") || k.starts_with("critic.")).collect()
+}
+
+/// Per logged step: (critic clips, generator clipped, skipped updates so far).
+fn decisions(run: &Path) -> Vec<(u64, bool, u64)> {
+    gandist::runlog::read(&run.join("metrics.jsonl"))
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["d_clipped_updates"].as_u64().unwrap(),
+                r.get("g_clipped").and_then(Value::as_bool).unwrap_or(false),
+                r["skipped_updates"].as_u64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+fn flagship_sets(nan_rank: usize) -> Vec<String> {
+    [
+        "train.iterations=10",
+        "train.log_every=1",
+        "train.checkpoint_every=10",
+        "train.sample_every=10",
+        // Thresholds inside the observed norm ranges, so that some updates clip and some do not.
+        "clip.max_norm_d=2.6",
+        "clip.max_norm_g=0.027",
+        "faults.nan_critic_updates=[3, 11]",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .chain([format!("faults.nan_rank={nan_rank}")])
+    .collect()
+}
+
+#[test]
+fn same_result_on_1_2_and_4_ranks_with_clipping_and_skips() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut finals = Vec::new();
+    let mut all_decisions = Vec::new();
+    for n in [1usize, 2, 4] {
+        let run = tmp.path().join(format!("n{n}"));
+        // The last rank injects the NaN: every rank must still skip the same update.
+        run_ok(train_cmd(n, &run, &flagship_sets(n - 1), &[]));
+        finals.push(networks_only(state(&run.join("checkpoints/step-000000010"))));
+        all_decisions.push(decisions(&run));
+    }
+    let d1 = &all_decisions[0];
+    assert_eq!(d1.len(), 10);
+    let clips: u64 = d1.iter().map(|d| d.0).sum();
+    assert!(clips > 0 && clips < 20, "critic clipping should be mixed, got {clips} of 20: {d1:?}");
+    assert!(d1.iter().any(|d| d.1) && d1.iter().any(|d| !d.1), "generator clipping should be mixed: {d1:?}");
+    assert_eq!(d1.last().unwrap().2, 2, "two injected NaN updates skipped");
+    for (i, n) in [(1, 2), (2, 4)] {
+        assert_eq!(&all_decisions[i], d1, "clip/skip decisions on {n} ranks differ from 1 rank");
+        let (name, rel) = worst_relative(&finals[0], &finals[i]);
+        assert!(rel <= 1e-5, "{n} ranks: {name} differs by {rel:e} of its scale");
+    }
+}
+
+#[test]
+fn penalty_gradient_left_out_of_the_reduction_is_caught() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("bad");
+    let mut sets = flagship_sets(0);
+    sets.push("faults.unreduced_penalty=true".into());
+    sets.push("faults.nan_critic_updates=[]".into());
+    let o = train_cmd(2, &run, &sets, &[]).output().unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "ranks applying only their own penalty gradient must diverge: {t}");
+    assert!(t.contains("parameters differ between ranks"), "{t}");
+    // The same setting is harmless on one rank (nothing to reduce), which shows the test
+    // above fails for the reduction and not for the switch itself.
+    let one = tmp.path().join("one");
+    run_ok(train_cmd(1, &one, &sets, &[]));
+}
+
+fn wait_for(path: &Path, timeout: Duration) {
+    let start = Instant::now();
+    while !path.exists() {
+        assert!(start.elapsed() < timeout, "{} did not appear within {timeout:?}", path.display());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The rank processes under a running mpirun (found by their unique run directory).
+fn rank_pids(mpirun: &Child, run: &Path) -> Vec<u32> {
+    let out = Command::new("pgrep").args(["-f", &format!("gandist train .*{}", run.display())]).output().unwrap();
+    String::from_utf8_lossy(&out.stdout).lines().filter_map(|l| l.trim().parse().ok()).filter(|&p| p != mpirun.id()).collect()
+}
+
+fn wait_exit(child: &mut Child, timeout: Duration) -> (std::process::ExitStatus, Duration) {
+    let start = Instant::now();
+    loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            return (s, start.elapsed());
+        }
+        if start.elapsed() > timeout {
+            let _ = child.kill();
+            panic!("job still running {timeout:?} after the fault");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn long_run(n: usize, run: &Path) -> Child {
+    let sets: Vec<String> = ["train.iterations=100000", "train.checkpoint_every=2", "train.log_every=1"].iter().map(|s| s.to_string()).collect();
+    train_cmd(n, run, &sets, &[]).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap()
+}
+
+#[test]
+fn a_killed_rank_ends_the_job_and_the_last_checkpoint_loads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("killed");
+    let mut child = long_run(2, &run);
+    wait_for(&run.join("checkpoints/step-000000004"), Duration::from_secs(120));
+    let pids = rank_pids(&child, &run);
+    assert_eq!(pids.len(), 2, "expected 2 rank processes, found {pids:?}");
+    Command::new("kill").args(["-KILL", &pids[1].to_string()]).status().unwrap();
+    let (status, took) = wait_exit(&mut child, Duration::from_secs(30));
+    assert!(!status.success(), "the job must fail when a rank dies");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("signal 9") || err.contains("Killed") || err.contains("exited on signal"), "mpirun should name the dead process: {err}");
+    let png = tmp.path().join("after.png");
+    ok(&["sample", "--checkpoint", run.to_str().unwrap(), "--n", "4", "--out", png.to_str().unwrap()]);
+}
+
+#[test]
+fn sigterm_on_one_rank_stops_all_with_a_checkpoint_and_resume_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("stopped");
+    let mut child = long_run(2, &run);
+    wait_for(&run.join("checkpoints/step-000000002"), Duration::from_secs(120));
+    let pids = rank_pids(&child, &run);
+    assert_eq!(pids.len(), 2, "{pids:?}");
+    Command::new("kill").args(["-TERM", &pids[1].to_string()]).status().unwrap();
+    let (status, _) = wait_exit(&mut child, Duration::from_secs(60));
+    assert!(!status.success(), "a stopped run reports the signal in its exit status");
+    let mut err = String::new();
+    std::io::Read::read_to_string(child.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("stop requested"), "{err}");
+    let (stopped_at, dir) = gandist::checkpoint::list(&run.join("checkpoints"))[0].clone();
+    assert!(dir.exists());
+    // Continue to stopped_at + 3 and compare with a straight run on the same ranks.
+    let target = stopped_at + 3;
+    let sets = vec![format!("train.iterations={target}"), "train.checkpoint_every=2".into(), "train.log_every=1".into()];
+    run_ok(train_cmd(2, &run, &sets, &["--resume", "auto"]));
+    let straight = tmp.path().join("straight");
+    run_ok(train_cmd(2, &straight, &sets, &[]));
+    let name = gandist::checkpoint::dir_name(target);
+    let a = state(&run.join("checkpoints").join(&name));
+    let b = state(&straight.join("checkpoints").join(&name));
+    assert_eq!(worst_relative(&a, &b).1, 0.0, "resume after an agreed stop must be exact");
+}
+
+#[test]
+fn a_checkpoint_from_4_ranks_resumes_on_2_and_on_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = |iters: u64| -> Vec<String> { vec![format!("train.iterations={iters}"), "train.checkpoint_every=5".into()] };
+    let first = tmp.path().join("four");
+    run_ok(train_cmd(4, &first, &sets(5), &[]));
+    let straight = tmp.path().join("straight");
+    run_ok(train_cmd(1, &straight, &sets(10), &[]));
+    let reference = networks_only(state(&straight.join("checkpoints/step-000000010")));
+    for n in [2usize, 1] {
+        let run = tmp.path().join(format!("resumed-on-{n}"));
+        copy_dir(&first, &run);
+        let out = run_ok(train_cmd(n, &run, &sets(10), &["--resume", "auto"]));
+        assert!(out.contains("resumed from"), "{out}");
+        let got = networks_only(state(&run.join("checkpoints/step-000000010")));
+        let (name, rel) = worst_relative(&reference, &got);
+        assert!(rel <= 1e-5, "resumed on {n}: {name} differs by {rel:e}");
+    }
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for e in std::fs::read_dir(from).unwrap().flatten() {
+        let dst: PathBuf = to.join(e.file_name());
+        if e.file_type().unwrap().is_dir() {
+            copy_dir(&e.path(), &dst);
+        } else {
+            std::fs::copy(e.path(), dst).unwrap();
+        }
+    }
+}
