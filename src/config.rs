@@ -96,7 +96,8 @@ pub struct TrainConfig {
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum Backend {
-    /// MPI when launched by mpirun/srun, else a single process.
+    /// Under mpirun/srun: NCCL when every rank has a GPU of its own, else MPI.
+    /// Started directly: a single process.
     Auto,
     Local,
     Mpi,
@@ -107,6 +108,8 @@ pub enum Backend {
 #[serde(deny_unknown_fields, default)]
 pub struct DistConfig {
     pub backend: Backend,
+    /// Longest wait for one NCCL collective before the job is aborted.
+    pub timeout_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -195,7 +198,7 @@ impl Default for TrainConfig {
 
 impl Default for DistConfig {
     fn default() -> Self {
-        DistConfig { backend: Backend::Auto }
+        DistConfig { backend: Backend::Auto, timeout_seconds: 300.0 }
     }
 }
 
@@ -256,6 +259,7 @@ impl Config {
         check(self.train.sample_every >= 1, "train.sample_every", self.train.sample_every, "at least 1")?;
         check(self.train.checkpoint_every >= 1, "train.checkpoint_every", self.train.checkpoint_every, "at least 1")?;
         check(self.train.keep_checkpoints >= 1, "train.keep_checkpoints", self.train.keep_checkpoints, "at least 1")?;
+        check(self.dist.timeout_seconds.is_finite() && self.dist.timeout_seconds > 0.0, "dist.timeout_seconds", self.dist.timeout_seconds, "a finite value > 0")?;
         parse_device_name(&self.train.device)
             .with_context(|| format!("train.device = {:?}", self.train.device))?;
         Ok(())

@@ -151,8 +151,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(p) => Config::load(&p, &all)?,
                 None => Config::from_toml_str("", &all)?,
             };
-            let comm: std::rc::Rc<dyn gandist::dist::Collective> = std::rc::Rc::from(gandist::dist::init(cfg.dist.backend)?);
-            let dev = train::select_device(&cfg.train.device, comm.local_rank())?;
+            let (comm, dev) = gandist::dist::init(&cfg.dist, &cfg.train.device)?;
+            let comm: std::rc::Rc<dyn gandist::dist::Collective> = std::rc::Rc::from(comm);
             if dev == tch::Device::Cpu && cfg.train.threads > 0 {
                 tch::set_num_threads(cfg.train.threads);
             }
@@ -183,7 +183,7 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
     let meta_text = std::fs::read(dir.join("meta.json")).with_context(|| format!("cannot read {}", dir.join("meta.json").display()))?;
     let meta: checkpoint::Meta = serde_json::from_slice(&meta_text).with_context(|| format!("{} is not a valid checkpoint meta.json", dir.display()))?;
     let cfg = Config::from_toml_str(&meta.config, &[]).context("the checkpoint's embedded config")?;
-    let device = train::select_device("auto", 0)?;
+    let device = gandist::device::select("auto", 0)?;
     let g = gandist::model::Generator::new(&cfg.model, device);
     let shapes = g
         .params

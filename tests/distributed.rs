@@ -242,3 +242,18 @@ fn copy_dir(from: &Path, to: &Path) {
         }
     }
 }
+
+#[test]
+fn nccl_without_gpus_is_a_clear_error_and_auto_falls_back_to_mpi() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("nccl");
+    let sets = vec!["dist.backend=\"nccl\"".to_string(), "train.iterations=2".into()];
+    let o = train_cmd(2, &run, &sets, &[]).output().unwrap();
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("dist.backend = \"nccl\" needs a CUDA device"), "{t}");
+    let o = mpirun(2).args(["bench", "--iters", "1", "--warmup", "0", "--batch", "8", "--set", "model.dim=4", "--set", "train.threads=1"]).output().unwrap();
+    let t = text(&o);
+    assert!(o.status.success(), "{t}");
+    assert!(t.contains("backend mpi ranks 2") && t.contains("all-reduce: 6 calls"), "{t}");
+}

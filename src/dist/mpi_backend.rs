@@ -42,6 +42,14 @@ fn from_host(buf: &mut Tensor, v: &[f32]) {
     tch::no_grad(|| buf.copy_(&src));
 }
 
+impl Mpi {
+    /// Copies `root`'s bytes into every rank's `buf`.
+    pub fn broadcast_bytes(&self, buf: &mut [u8], root: usize) -> Result<()> {
+        self.world.process_at_rank(root as i32).broadcast_into(buf);
+        Ok(())
+    }
+}
+
 impl Collective for Mpi {
     fn rank(&self) -> usize {
         self.world.rank() as usize

@@ -41,25 +41,6 @@ pub enum Outcome {
     Stopped(i32),
 }
 
-/// Picks the device from the config and the rank's node-local index.
-pub fn select_device(name: &str, local_rank: usize) -> Result<Device> {
-    let cuda = tch::Cuda::is_available();
-    let count = tch::Cuda::device_count().max(1) as usize;
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "auto" if !cuda => Ok(Device::Cpu),
-        "auto" | "cuda" if cuda => Ok(Device::Cuda(local_rank % count)),
-        "cuda" => bail!("train.device = \"cuda\" but libtorch sees no CUDA device (use \"cpu\" or \"auto\")"),
-        s => {
-            let i: usize = s.strip_prefix("cuda:").and_then(|i| i.parse().ok()).context("train.device")?;
-            if !cuda || i >= count {
-                bail!("train.device = {s:?} but libtorch sees {} CUDA device(s)", if cuda { count } else { 0 });
-            }
-            Ok(Device::Cuda(i))
-        }
-    }
-}
-
 /// CPU threads per rank: the configured number, else the cores shared among this node's ranks.
 fn threads_per_rank(cfg: &Config) -> i32 {
     if cfg.train.threads > 0 {
@@ -105,8 +86,9 @@ fn prepare_run_dir(dir: &Path) -> Result<()> {
 
 /// Trains `cfg` and returns how the run ended. Runs on every rank.
 pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
-    let comm: Rc<dyn Collective> = Rc::from(dist::init(cfg.dist.backend)?);
-    let result = run_with(cfg, opts, comm.clone());
+    let (comm, device) = dist::init(&cfg.dist, &cfg.train.device)?;
+    let comm: Rc<dyn Collective> = Rc::from(comm);
+    let result = run_with(cfg, opts, comm.clone(), device);
     if let Err(e) = &result {
         if comm.world_size() > 1 {
             // A rank that fails alone would leave the others waiting in a collective.
@@ -117,10 +99,9 @@ pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     result
 }
 
-fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>) -> Result<Outcome> {
+fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: Device) -> Result<Outcome> {
     let rank = comm.rank();
     let is_root = rank == 0;
-    let device = select_device(&cfg.train.device, comm.local_rank())?;
     if device == Device::Cpu {
         tch::set_num_threads(threads_per_rank(&cfg));
     }
