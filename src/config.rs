@@ -91,6 +91,12 @@ pub struct TrainConfig {
     pub sample_every: u64,
     pub checkpoint_every: u64,
     pub keep_checkpoints: usize,
+    /// After this many skipped (non-finite) updates in a row of one network, roll back to the
+    /// newest checkpoint with the learning rates scaled by `rollback_lr_scale`.
+    pub max_consecutive_skips: u64,
+    pub rollback_lr_scale: f64,
+    /// Give up (error) after this many rollbacks in one process.
+    pub max_rollbacks: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -125,7 +131,9 @@ pub struct MetricsConfig {
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct FaultConfig {
-    /// Critic updates (0-based, counted over the whole run) whose local gradient becomes NaN.
+    /// Critic updates (0-based, counting every attempt of this process, also those a rollback
+    /// undid; a resumed process starts counting at the checkpoint's critic step) whose local
+    /// gradient becomes NaN.
     pub nan_critic_updates: Vec<u64>,
     /// The rank that injects them (-1 = every rank).
     pub nan_rank: i64,
@@ -192,6 +200,9 @@ impl Default for TrainConfig {
             sample_every: 1000,
             checkpoint_every: 1000,
             keep_checkpoints: 3,
+            max_consecutive_skips: 20,
+            rollback_lr_scale: 0.5,
+            max_rollbacks: 3,
         }
     }
 }
@@ -254,6 +265,8 @@ impl Config {
         check(finite_nonneg(self.clip.max_norm_g), "clip.max_norm_g", self.clip.max_norm_g, "a finite value >= 0 (0 = off)")?;
         check(self.train.iterations >= 1, "train.iterations", self.train.iterations, "at least 1")?;
         check(self.train.n_critic >= 1, "train.n_critic", self.train.n_critic, "at least 1")?;
+        check(self.train.max_consecutive_skips >= 1, "train.max_consecutive_skips", self.train.max_consecutive_skips, "at least 1")?;
+        check(self.train.rollback_lr_scale > 0.0 && self.train.rollback_lr_scale <= 1.0, "train.rollback_lr_scale", self.train.rollback_lr_scale, "0 < scale <= 1")?;
         check(self.train.threads >= 0, "train.threads", self.train.threads, ">= 0")?;
         check(self.train.log_every >= 1, "train.log_every", self.train.log_every, "at least 1")?;
         check(self.train.sample_every >= 1, "train.sample_every", self.train.sample_every, "at least 1")?;
@@ -277,6 +290,10 @@ impl Config {
         c.train.sample_every = 0;
         c.train.checkpoint_every = 0;
         c.train.keep_checkpoints = 0;
+        c.train.max_consecutive_skips = 0;
+        c.train.rollback_lr_scale = 0.0;
+        c.train.max_rollbacks = 0;
+        c.faults = FaultConfig::default();
         c.dist = DistConfig::default();
         c.metrics = MetricsConfig::default();
         hex::encode(Sha256::digest(c.to_toml().as_bytes()))

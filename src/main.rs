@@ -95,6 +95,9 @@ enum SampleFormat {
 }
 
 fn main() -> ExitCode {
+    // A full disk or a file-size limit must surface as a write error with a message, not as
+    // SIGXFSZ killing the process mid-checkpoint.
+    let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let cli = Cli::parse();
     match run(cli) {
         Ok(code) => code,

@@ -155,8 +155,23 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
     let start_step = trainer.step;
 
     let mut outcome = Outcome::Finished;
+    let mut rollbacks = 0;
     while trainer.step < cfg.train.iterations {
         let (critic_stats, g_stats) = trainer.iteration(stop.load(Ordering::SeqCst))?;
+        let streak = std::mem::take(&mut trainer.longest_skip_streak);
+        if streak >= cfg.train.max_consecutive_skips {
+            // Every rank saw the same skips (the flag is reduced), so all roll back together.
+            rollbacks += 1;
+            rollback(&mut trainer, &ckpt_root, &cfg, rollbacks, streak)?;
+            if let Some(log) = log.as_mut() {
+                let mut rec = Map::new();
+                rec.insert("step".into(), json!(trainer.step));
+                rec.insert("event".into(), json!("rollback"));
+                rec.insert("lr_scale".into(), json!(trainer.lr_scale));
+                log.write(&rec)?;
+            }
+            continue;
+        }
         let step = trainer.step;
         let last_d = critic_stats.last().expect("n_critic >= 1");
         let stopping = g_stats.stop_requested || critic_stats.iter().any(|s| s.stop_requested);
@@ -246,6 +261,7 @@ fn log_record(t: &Trainer, d: &UpdateStats, g: &UpdateStats, all_d: &[UpdateStat
     m.insert("images_per_second".into(), json!(rate));
     m.insert("elapsed_seconds".into(), json!(elapsed));
     m.insert("world_size".into(), json!(t.comm.world_size()));
+    m.insert("lr_scale".into(), json!(t.lr_scale));
     m
 }
 
@@ -279,10 +295,17 @@ fn save_checkpoint(t: &Trainer, root: &Path, cfg: &Config) -> Result<()> {
     if t.comm.rank() != 0 {
         return Ok(());
     }
+    let state = t.export_state()?;
+    if let Some((name, _)) = state.iter().find(|(_, (_, v))| v.iter().any(|x| !x.is_finite())) {
+        // Never persist a poisoned state; the previous checkpoint stays the newest.
+        eprintln!("warning: not writing the checkpoint at step {}: tensor {name} holds non-finite values", t.step);
+        return Ok(());
+    }
     let mut extra = std::collections::BTreeMap::new();
     extra.insert("opt_g_steps".into(), t.opt_g.steps as f64);
     extra.insert("opt_d_steps".into(), t.opt_d.steps as f64);
     extra.insert("skipped_updates".into(), t.skipped_updates as f64);
+    extra.insert("lr_scale".into(), t.lr_scale);
     let meta = Meta {
         format_version: checkpoint::FORMAT_VERSION,
         step: t.step,
@@ -296,8 +319,39 @@ fn save_checkpoint(t: &Trainer, root: &Path, cfg: &Config) -> Result<()> {
         state_sha256: String::new(),
         extra,
     };
-    checkpoint::save(root, meta, &t.export_state()?)?;
+    checkpoint::save(root, meta, &state)?;
     checkpoint::prune(root, cfg.train.keep_checkpoints)
+}
+
+/// Returns to the newest usable checkpoint with lower learning rates.
+fn rollback(t: &mut Trainer, root: &Path, cfg: &Config, n: u32, streak: u64) -> Result<()> {
+    if n > cfg.train.max_rollbacks {
+        bail!(
+            "{streak} consecutive non-finite updates after {} rollbacks (train.max_rollbacks): the run keeps diverging",
+            cfg.train.max_rollbacks
+        );
+    }
+    let shapes = t.state_shapes();
+    let Some(l) = checkpoint::load_latest(root, &shapes)? else {
+        bail!(
+            "{streak} consecutive non-finite updates at step {} and no checkpoint to roll back to in {}",
+            t.step,
+            root.display()
+        );
+    };
+    let attempts = t.critic_attempts;
+    restore(t, &l)?;
+    t.critic_attempts = attempts;
+    let scale = t.lr_scale * cfg.train.rollback_lr_scale;
+    t.set_lr_scale(scale);
+    t.consecutive_skips = (0, 0);
+    if t.comm.rank() == 0 {
+        eprintln!(
+            "rolled back to step {} after {streak} consecutive non-finite updates; learning rates now x{scale}",
+            l.meta.step
+        );
+    }
+    Ok(())
 }
 
 fn restore(t: &mut Trainer, l: &checkpoint::Loaded) -> Result<()> {
@@ -317,5 +371,7 @@ fn restore(t: &mut Trainer, l: &checkpoint::Loaded) -> Result<()> {
     t.opt_g.steps = get("opt_g_steps");
     t.opt_d.steps = get("opt_d_steps");
     t.skipped_updates = get("skipped_updates");
+    t.critic_attempts = t.critic_step;
+    t.set_lr_scale(l.meta.extra.get("lr_scale").copied().unwrap_or(1.0));
     Ok(())
 }

@@ -60,6 +60,15 @@ pub struct Trainer {
     pub critic_step: u64,
     pub local_batch: i64,
     pub skipped_updates: u64,
+    /// Skipped updates in a row, per network: (critic, generator).
+    pub consecutive_skips: (u64, u64),
+    /// The longest such run since the loop last looked (it looks once per iteration).
+    pub longest_skip_streak: u64,
+    /// Critic updates attempted by this process, including those a rollback undid
+    /// (keys fault injection, so that an injected fault does not recur after a rollback).
+    pub critic_attempts: u64,
+    /// Multiplies both learning rates; lowered by each rollback.
+    pub lr_scale: f64,
     pub allreduce: AllReduceStats,
 }
 
@@ -111,10 +120,21 @@ impl Trainer {
             step: 0,
             critic_step: 0,
             skipped_updates: 0,
+            consecutive_skips: (0, 0),
+            longest_skip_streak: 0,
+            critic_attempts: 0,
+            lr_scale: 1.0,
             allreduce: AllReduceStats::default(),
         };
         t.broadcast_state()?;
         Ok(t)
+    }
+
+    /// Sets the learning-rate scale (after a rollback, or from a checkpoint).
+    pub fn set_lr_scale(&mut self, scale: f64) {
+        self.lr_scale = scale;
+        self.opt_g.lr = self.cfg.optim.lr_g * scale;
+        self.opt_d.lr = self.cfg.optim.lr_d * scale;
     }
 
     /// Rank 0's parameters and optimizer moments overwrite everyone else's.
@@ -180,7 +200,9 @@ impl Trainer {
             (critic.params.flatten_grads(&grads), None)
         };
         let rank = self.comm.rank() as i64;
-        if faults.nan_critic_updates.contains(&c) && (faults.nan_rank < 0 || faults.nan_rank == rank) {
+        let attempt = self.critic_attempts;
+        self.critic_attempts += 1;
+        if faults.nan_critic_updates.contains(&attempt) && (faults.nan_rank < 0 || faults.nan_rank == rank) {
             let _ = flat.shallow_clone().fill_(f64::NAN);
         }
         let names = ["d_loss", "d_adv", "d_gp", "wasserstein", "gp_grad_norm"];
@@ -192,7 +214,10 @@ impl Trainer {
         self.critic_step += 1;
         if stats.skipped {
             self.skipped_updates += 1;
+            self.consecutive_skips.0 += 1;
+            self.longest_skip_streak = self.longest_skip_streak.max(self.consecutive_skips.0);
         } else {
+            self.consecutive_skips.0 = 0;
             let clip = clip_global_norm(&grad, self.cfg.clip.max_norm_d);
             self.opt_d.step(&self.critic.params.flat, &grad);
             stats.clip = Some(clip);
@@ -212,7 +237,10 @@ impl Trainer {
         self.step += 1;
         if stats.skipped {
             self.skipped_updates += 1;
+            self.consecutive_skips.1 += 1;
+            self.longest_skip_streak = self.longest_skip_streak.max(self.consecutive_skips.1);
         } else {
+            self.consecutive_skips.1 = 0;
             let clip = clip_global_norm(&grad, self.cfg.clip.max_norm_g);
             self.opt_g.step(&self.generator.params.flat, &grad);
             stats.clip = Some(clip);
