@@ -97,6 +97,9 @@ pub struct TrainConfig {
     pub rollback_lr_scale: f64,
     /// Give up (error) after this many rollbacks in one process.
     pub max_rollbacks: u32,
+    /// After SIGTERM/SIGINT the ranks finish the iteration, checkpoint and exit; a process
+    /// still running this many seconds after the signal exits at once.
+    pub stop_grace_seconds: f64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -203,6 +206,7 @@ impl Default for TrainConfig {
             max_consecutive_skips: 20,
             rollback_lr_scale: 0.5,
             max_rollbacks: 3,
+            stop_grace_seconds: 120.0,
         }
     }
 }
@@ -267,6 +271,7 @@ impl Config {
         check(self.train.n_critic >= 1, "train.n_critic", self.train.n_critic, "at least 1")?;
         check(self.train.max_consecutive_skips >= 1, "train.max_consecutive_skips", self.train.max_consecutive_skips, "at least 1")?;
         check(self.train.rollback_lr_scale > 0.0 && self.train.rollback_lr_scale <= 1.0, "train.rollback_lr_scale", self.train.rollback_lr_scale, "0 < scale <= 1")?;
+        check(self.train.stop_grace_seconds.is_finite() && self.train.stop_grace_seconds > 0.0, "train.stop_grace_seconds", self.train.stop_grace_seconds, "a finite value > 0")?;
         check(self.train.threads >= 0, "train.threads", self.train.threads, ">= 0")?;
         check(self.train.log_every >= 1, "train.log_every", self.train.log_every, "at least 1")?;
         check(self.train.sample_every >= 1, "train.sample_every", self.train.sample_every, "at least 1")?;
@@ -293,6 +298,7 @@ impl Config {
         c.train.max_consecutive_skips = 0;
         c.train.rollback_lr_scale = 0.0;
         c.train.max_rollbacks = 0;
+        c.train.stop_grace_seconds = 0.0;
         c.faults = FaultConfig::default();
         c.dist = DistConfig::default();
         c.metrics = MetricsConfig::default();

@@ -55,7 +55,8 @@ fn threads_per_rank(cfg: &Config) -> i32 {
 }
 
 /// Installs SIGTERM/SIGINT handlers that only set a flag; the loop acts on it at a safe point.
-fn stop_flag() -> Result<(Arc<AtomicBool>, Arc<AtomicI32>)> {
+/// A watchdog thread ends the process if that takes longer than `grace`.
+fn stop_flag(grace: std::time::Duration) -> Result<(Arc<AtomicBool>, Arc<AtomicI32>)> {
     let flag = Arc::new(AtomicBool::new(false));
     let which = Arc::new(AtomicI32::new(0));
     for sig in [signal_hook::consts::SIGTERM, signal_hook::consts::SIGINT] {
@@ -69,6 +70,16 @@ fn stop_flag() -> Result<(Arc<AtomicBool>, Arc<AtomicI32>)> {
         }
         .context("cannot install signal handler")?;
     }
+    let (f, w) = (flag.clone(), which.clone());
+    std::thread::spawn(move || {
+        while !f.load(Ordering::SeqCst) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        std::thread::sleep(grace);
+        let sig = w.load(Ordering::SeqCst);
+        eprintln!("error: still running {grace:?} after signal {sig} (train.stop_grace_seconds): exiting without a final checkpoint");
+        std::process::exit(128 + sig);
+    });
     Ok((flag, which))
 }
 
@@ -145,7 +156,7 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
     } else {
         None
     };
-    let (stop, which_signal) = stop_flag()?;
+    let (stop, which_signal) = stop_flag(std::time::Duration::from_secs_f64(cfg.train.stop_grace_seconds))?;
     let fixed_noise = trainer.fixed_noise(64);
     let interactive = std::io::stderr().is_terminal() && is_root;
     let bar = progress_bar(interactive, cfg.train.iterations, trainer.step);
