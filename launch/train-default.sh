@@ -7,7 +7,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash launch/setup.sh
 . launch/env.sh
 cargo build --release
-bin=target/release/gandist
+bin="${CARGO_TARGET_DIR:-target}/release/gandist"
 data="${GANDIST_DATA:-data/mnist}"
 if ! $bin data verify --data "$data" >/dev/null 2>&1; then
   if [ -n "${GANDIST_MNIST_FROM:-}" ]; then
