@@ -1,7 +1,8 @@
 //! gandist: stable, observable, data-parallel GAN training on MNIST.
 //!
 //! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
-//! `objective` (adversarial losses), `regularize` (penalties), `optim` (Adam, clipping),
+//! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers), `optim` (Adam, SGD,
+//! clipping), `health` (gradient-health detector), `ablation` (`gandist ablate`),
 //! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`.
 
 pub mod bench;
@@ -10,6 +11,7 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod fsutil;
+pub mod health;
 pub mod model;
 pub mod objective;
 pub mod optim;

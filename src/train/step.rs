@@ -7,10 +7,14 @@ use crate::config::Config;
 use crate::data::sampler::{derive_seed, DistributedSampler};
 use crate::data::DeviceImages;
 use crate::dist::Collective;
+use crate::config::OptimKind;
+use crate::health::HealthMonitor;
+use crate::model::ema::Ema;
 use crate::model::{Critic, Generator};
 use crate::objective;
-use crate::optim::{clip_global_norm, Adam, ClipReport};
-use crate::regularize::gradient_penalty;
+use crate::optim::{clip_global_norm, clip_value, Adam, ClipReport};
+use crate::regularize::historical_average::HistoricalAverage;
+use crate::regularize::{self, feature_matching, weight_clip};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -25,6 +29,9 @@ pub mod purpose {
     pub const GENERATOR_NOISE: u64 = 4;
     pub const FIXED_NOISE: u64 = 5;
 }
+
+/// Checkpoint names of the generator's EMA weights: this prefix + the parameter name.
+pub const EMA_PREFIX: &str = "ema.generator.";
 
 /// What one update did, after the reduction (identical on every rank).
 #[derive(Debug, Clone, Default)]
@@ -60,6 +67,63 @@ pub struct Trainer {
     pub critic_step: u64,
     pub local_batch: i64,
     pub skipped_updates: u64,
+    /// Historical averages of the critic's and generator's parameters, when on.
+    pub hist_d: Option<HistoricalAverage>,
+    pub hist_g: Option<HistoricalAverage>,
+    /// The generator's EMA weights and a generator that runs on them, when on.
+    pub ema: Option<(Ema, Generator)>,
+    pub health_d: HealthMonitor,
+    pub health_g: HealthMonitor,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Net {
+    Critic,
+    Generator,
+}
+
+/// A loss assembled from named terms: total = sum of weight * term. Each term's unweighted
+/// value is logged under its name (the scalar log and the metrics read them by name), with
+/// diagnostics that are not part of the loss.
+struct LossTerms {
+    total_name: &'static str,
+    terms: Vec<(&'static str, Tensor, f64)>,
+    diagnostics: Vec<(&'static str, Tensor)>,
+}
+
+impl LossTerms {
+    fn new(total_name: &'static str) -> Self {
+        LossTerms { total_name, terms: Vec::new(), diagnostics: Vec::new() }
+    }
+
+    fn add(&mut self, name: &'static str, value: Tensor, weight: f64) {
+        self.terms.push((name, value, weight));
+    }
+
+    fn diagnostic(&mut self, name: &'static str, value: Tensor) {
+        self.diagnostics.push((name, value.detach()));
+    }
+
+    fn total(&self) -> Tensor {
+        let mut it = self.terms.iter().map(|(_, v, w)| if *w == 1.0 { v.shallow_clone() } else { v * *w });
+        let first = it.next().expect("a loss has at least one term");
+        it.fold(first, |acc, t| acc + t)
+    }
+
+    /// Names and detached values for the reduction: the total, each term, each diagnostic.
+    fn scalars(&self, total: &Tensor) -> (Vec<&'static str>, Vec<Tensor>) {
+        let mut names = vec![self.total_name];
+        let mut values = vec![total.detach()];
+        for (n, v, _) in &self.terms {
+            names.push(n);
+            values.push(v.detach());
+        }
+        for (n, v) in &self.diagnostics {
+            names.push(n);
+            values.push(v.shallow_clone());
+        }
+        (names, values)
+    }
 }
 
 impl Trainer {
@@ -77,8 +141,24 @@ impl Trainer {
         let generator = Generator::new(&cfg.model, device);
         let critic = Critic::new(&cfg.model, device);
         let o = &cfg.optim;
-        let opt_g = Adam::new(&generator.params.flat, o.lr_g, o.beta1, o.beta2, o.eps);
-        let opt_d = Adam::new(&critic.params.flat, o.lr_d, o.beta1, o.beta2, o.eps);
+        let (opt_g, opt_d) = match o.kind {
+            OptimKind::Adam => (
+                Adam::new(&generator.params.flat, o.lr_g, o.beta1, o.beta2, o.eps),
+                Adam::new(&critic.params.flat, o.lr_d, o.beta1, o.beta2, o.eps),
+            ),
+            OptimKind::Sgd => (Adam::sgd(&generator.params.flat, o.lr_g), Adam::sgd(&critic.params.flat, o.lr_d)),
+        };
+        let r = &cfg.regularize;
+        let hist_d = (r.hist_avg_d > 0.0).then(|| HistoricalAverage::new(&critic.params.flat, r.hist_avg_d));
+        let hist_g = (r.hist_avg_g > 0.0).then(|| HistoricalAverage::new(&generator.params.flat, r.hist_avg_g));
+        let ema = cfg.ema.enabled().then(|| {
+            // Its initial draw is overwritten at once; it comes after every seeded draw.
+            let g = Generator::new(&cfg.model, device);
+            g.params.load_flat(&generator.params.flat);
+            let ema = Ema { beta: cfg.ema.beta(cfg.data.batch_size), flat: g.params.flat.shallow_clone() };
+            (ema, g)
+        });
+        let (health_d, health_g) = (HealthMonitor::new(&cfg.health), HealthMonitor::new(&cfg.health));
         let sampler = DistributedSampler::new(data.n, global, comm.rank(), world, cfg.train.seed);
         let mut t = Trainer {
             local_batch: (global / world) as i64,
@@ -94,6 +174,11 @@ impl Trainer {
             step: 0,
             critic_step: 0,
             skipped_updates: 0,
+            hist_d,
+            hist_g,
+            ema,
+            health_d,
+            health_g,
         };
         t.broadcast_state()?;
         Ok(t)
@@ -104,15 +189,10 @@ impl Trainer {
         if self.comm.world_size() == 1 {
             return Ok(());
         }
-        for t in [
-            &self.generator.params.flat,
-            &self.critic.params.flat,
-            &self.opt_g.exp_avg,
-            &self.opt_g.exp_avg_sq,
-            &self.opt_d.exp_avg,
-            &self.opt_d.exp_avg_sq,
-        ] {
-            let mut t = t.shallow_clone();
+        // Every checkpointed tensor (parameters, moments, averages, spectral-norm vectors):
+        // each is a view of the live state, so broadcasting into it updates that state.
+        for (_, t) in self.state_tensors() {
+            let mut t = t;
             self.comm.broadcast(&mut t, 0)?;
         }
         Ok(())
@@ -133,59 +213,131 @@ impl Trainer {
     /// One critic update on data batch number `critic_step`.
     pub fn critic_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
         let c = self.critic_step;
+        self.critic.power_iterate();
         let idx = self.sampler.rank_indices(c);
         let real = self.data.batch(&idx);
         let z = self.noise(purpose::CRITIC_NOISE, c);
         let fake = tch::no_grad(|| self.generator.forward(&z));
-        let kind = self.cfg.loss.kind;
+        let lc = &self.cfg.loss;
         let critic = &self.critic;
         let real_out = critic.forward(&real);
         let fake_out = critic.forward(&fake);
-        let adv = objective::critic_loss(kind, &real_out, &fake_out);
-        let wdist = objective::wasserstein_estimate(&real_out, &fake_out).detach();
-        let lambda = self.cfg.loss.gp_lambda;
-        let (loss, gp, gp_norm) = if lambda > 0.0 {
-            let eps = self.draw_global(purpose::INTERPOLATION, c, |g| Tensor::rand([g, 1, 1, 1], (Kind::Float, real.device())));
-            let p = gradient_penalty::two_sided(|x| critic.forward(x), &real, &fake, &eps);
-            (&adv + &p.value * lambda, p.value.detach(), p.mean_grad_norm)
-        } else {
-            let zero = Tensor::zeros([], (Kind::Float, self.device));
-            (adv.shallow_clone(), zero.shallow_clone(), zero)
-        };
+        let mut terms = LossTerms::new("d_loss");
+        terms.add("d_adv", objective::critic_loss(lc.kind, lc.label_smoothing, &real_out, &fake_out), 1.0);
+        terms.diagnostic("wasserstein", objective::wasserstein_estimate(&real_out, &fake_out));
+        let weight = regularize::lazy_weight(lc.gp_lambda, lc.penalty_every, c);
+        if weight > 0.0 {
+            let eps = || self.draw_global(purpose::INTERPOLATION, c, |g| Tensor::rand([g, 1, 1, 1], (Kind::Float, real.device())));
+            if let Some(p) = regularize::penalty(lc.penalty, |x| critic.forward(x), &real, &fake, eps) {
+                terms.add("d_gp", p.value, weight);
+                terms.diagnostic("gp_grad_norm", p.mean_grad_norm);
+            }
+        }
+        let loss = terms.total();
         let grads = Tensor::run_backward(&[&loss], &critic.params.tensors, false, false);
         let flat = critic.params.flatten_grads(&grads);
-        let names = ["d_loss", "d_adv", "d_gp", "wasserstein", "gp_grad_norm"];
-        let scalars = [loss.detach(), adv.detach(), gp, wdist, gp_norm];
+        let (names, scalars) = terms.scalars(&loss);
         let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
         self.critic_step += 1;
-        if stats.skipped {
-            self.skipped_updates += 1;
-        } else {
-            let clip = clip_global_norm(&grad, self.cfg.clip.max_norm_d);
-            self.opt_d.step(&self.critic.params.flat, &grad);
-            stats.clip = Some(clip);
-        }
+        self.apply_update(Net::Critic, &grad, &mut stats);
         Ok(stats)
     }
 
     /// One generator update; its noise is keyed by the generator step.
     pub fn generator_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
+        self.critic.power_iterate();
         let z = self.noise(purpose::GENERATOR_NOISE, self.step);
         let fake = self.generator.forward(&z);
-        let fake_out = self.critic.forward(&fake);
-        let loss = objective::generator_loss(self.cfg.loss.kind, &fake_out);
+        let (fake_features, fake_out) = self.critic.forward_features(&fake);
+        let lc = self.cfg.loss.clone();
+        let mut terms = LossTerms::new("g_loss");
+        if lc.g_adversarial > 0.0 {
+            terms.add("g_adv", objective::generator_loss(lc.kind, &fake_out), lc.g_adversarial);
+        }
+        if lc.feature_matching > 0.0 {
+            terms.add("g_fm", self.feature_matching_term(&fake_features)?, lc.feature_matching);
+        }
+        let loss = terms.total();
         let grads = Tensor::run_backward(&[&loss], &self.generator.params.tensors, false, false);
         let flat = self.generator.params.flatten_grads(&grads);
-        let (grad, mut stats) = self.reduce(flat, &["g_loss"], &[loss.detach()], stop_requested)?;
+        let (names, scalars) = terms.scalars(&loss);
+        let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
         self.step += 1;
+        self.apply_update(Net::Generator, &grad, &mut stats);
+        Ok(stats)
+    }
+
+    /// Feature matching against the real batch of the preceding critic update, exact over the
+    /// global batch: the two mean feature vectors are all-reduced first (see
+    /// `regularize::feature_matching` for why a per-rank loss would not be).
+    fn feature_matching_term(&mut self, fake_features: &Tensor) -> Result<Tensor> {
+        let idx = self.sampler.rank_indices(self.critic_step.saturating_sub(1));
+        let real = self.data.batch(&idx);
+        let real_mean = tch::no_grad(|| feature_matching::batch_mean(&self.critic.forward_features(&real).0));
+        let fake_mean = feature_matching::batch_mean(fake_features);
+        let f = real_mean.size()[0];
+        let mut both = Tensor::cat(&[real_mean.shallow_clone(), fake_mean.detach()], 0);
+        let world = self.comm.world_size();
+        if world > 1 {
+            self.comm.all_reduce_sum(&mut both)?;
+            let _ = both.g_div_scalar_(world as f64);
+        }
+        Ok(feature_matching::loss(&both.narrow(0, 0, f), &both.narrow(0, f, f), &fake_mean))
+    }
+
+    /// Everything after the reduction, identical on every rank: parameter regularisers (added
+    /// to the reduced gradient, since they depend on parameters only), value and norm
+    /// clipping, the optimizer step, weight clipping, running averages, the health detector.
+    fn apply_update(&mut self, net: Net, grad: &Tensor, stats: &mut UpdateStats) {
+        let r = &self.cfg.regularize;
+        let (params, opt, hist, health, l2, max_norm, max_value, total) = match net {
+            Net::Critic => (&self.critic.params.flat, &mut self.opt_d, &mut self.hist_d, &mut self.health_d, r.l2_d, self.cfg.clip.max_norm_d, self.cfg.clip.value_d, "d_loss"),
+            Net::Generator => (&self.generator.params.flat, &mut self.opt_g, &mut self.hist_g, &mut self.health_g, r.l2_g, self.cfg.clip.max_norm_g, self.cfg.clip.value_g, "g_loss"),
+        };
         if stats.skipped {
             self.skipped_updates += 1;
-        } else {
-            let clip = clip_global_norm(&grad, self.cfg.clip.max_norm_g);
-            self.opt_g.step(&self.generator.params.flat, &grad);
-            stats.clip = Some(clip);
+            health.observe(f64::NAN);
+            return;
         }
-        Ok(stats)
+        let prefix = &total[..1];
+        let mut extra = 0.0;
+        if l2 > 0.0 {
+            let v = regularize::l2::apply(grad, params, l2);
+            stats.scalars.push((if prefix == "d" { "d_l2" } else { "g_l2" }, v));
+            extra += v;
+        }
+        if let Some(h) = hist.as_ref() {
+            let v = h.apply(grad, params);
+            stats.scalars.push((if prefix == "d" { "d_hist_avg" } else { "g_hist_avg" }, v));
+            extra += v;
+        }
+        if let Some(t) = stats.scalars.iter_mut().find(|(n, _)| *n == total) {
+            t.1 += extra;
+        }
+        let raw_norm = if max_value > 0.0 { Some(grad.norm().double_value(&[])) } else { None };
+        clip_value(grad, max_value);
+        let mut clip = clip_global_norm(grad, max_norm);
+        if let Some(n) = raw_norm {
+            clip.norm_before = n;
+            clip.clipped |= n != clip.norm_after;
+        }
+        opt.step(params, grad);
+        health.observe(clip.norm_before);
+        if let Some(h) = hist.as_mut() {
+            h.record(params);
+        }
+        match net {
+            Net::Critic if r.weight_clip > 0.0 => {
+                weight_clip::clamp(params, r.weight_clip);
+            }
+            Net::Generator => {
+                if let Some((ema, _)) = self.ema.as_mut() {
+                    ema.update(&self.generator.params.flat);
+                }
+            }
+            _ => {}
+        }
+        stats.clip = Some(clip);
     }
 
     /// n_critic critic updates then one generator update.
@@ -228,9 +380,14 @@ impl Trainer {
         Tensor::randn([n, self.cfg.model.latent], (Kind::Float, Device::Cpu)).to_device(self.device)
     }
 
-    /// Generated images for `z`, as bytes 0..255.
+    /// Generated images for `z`, as bytes 0..255 (from the EMA weights when EMA is on and
+    /// `ema.use_for_samples`).
     pub fn sample_bytes(&self, z: &Tensor) -> Vec<u8> {
-        tch::no_grad(|| crate::model::to_bytes(&self.generator.forward(z)))
+        let g = match &self.ema {
+            Some((_, g)) if self.cfg.ema.use_for_samples => g,
+            _ => &self.generator,
+        };
+        tch::no_grad(|| crate::model::to_bytes(&g.forward(z)))
     }
 
     /// Every tensor a checkpoint holds, with its expected shape.
@@ -238,6 +395,8 @@ impl Trainer {
         self.state_tensors().into_iter().map(|(k, t)| (k, t.size().iter().map(|&d| d as usize).collect())).collect()
     }
 
+    /// Every tensor a checkpoint holds, as views of the live state (so that loading and
+    /// broadcasting write through them).
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (prefix, params) in [("generator", &self.generator.params), ("critic", &self.critic.params)] {
@@ -248,6 +407,22 @@ impl Trainer {
         for (prefix, opt) in [("optim.generator", &self.opt_g), ("optim.critic", &self.opt_d)] {
             out.push((format!("{prefix}.exp_avg"), opt.exp_avg.shallow_clone()));
             out.push((format!("{prefix}.exp_avg_sq"), opt.exp_avg_sq.shallow_clone()));
+        }
+        for (prefix, h) in [("hist_avg.critic", &self.hist_d), ("hist_avg.generator", &self.hist_g)] {
+            if let Some(h) = h {
+                out.push((format!("{prefix}.mean"), h.mean.shallow_clone()));
+                out.push((format!("{prefix}.count"), h.count.shallow_clone()));
+            }
+        }
+        if let Some((_, g)) = &self.ema {
+            for (name, t) in g.params.names.iter().zip(&g.params.tensors) {
+                out.push((format!("{EMA_PREFIX}{name}"), t.detach()));
+            }
+        }
+        if let Some(sn) = &self.critic.spectral {
+            for (i, s) in sn.iter().enumerate() {
+                out.push((format!("critic.spectral_u.{i}"), s.u.shallow_clone()));
+            }
         }
         out
     }
