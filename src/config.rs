@@ -532,10 +532,43 @@ mod tests {
             ("optim.beta2=1.0", "optim.beta2"),
             ("clip.max_norm_d=nan", "clip.max_norm_d"),
             ("train.device=tpu", "train.device"),
+            ("clip.value_d=-1", "clip.value_d"),
+            ("loss.penalty_every=0", "loss.penalty_every"),
+            ("loss.feature_matching=-1", "loss.feature_matching"),
+            ("regularize.hist_avg_g=inf", "regularize.hist_avg_g"),
+            ("regularize.weight_clip=-0.01", "regularize.weight_clip"),
+            ("ema.half_life_images=-5", "ema.half_life_images"),
+            ("health.growth_factor=1", "health.growth_factor"),
+            ("model.sn_power_iterations=0", "model.sn_power_iterations"),
         ] {
             let e = err("", &[o]);
             assert!(e.contains(field), "{o}: {e}");
         }
+    }
+
+    #[test]
+    fn inconsistent_technique_settings_are_named() {
+        let e = err("", &["loss.label_smoothing=one-sided"]);
+        assert!(e.contains("loss.label_smoothing") && e.contains("BCE"), "{e}");
+        let e = err("", &["loss.g_adversarial=0"]);
+        assert!(e.contains("loss.g_adversarial") && e.contains("loss.feature_matching"), "{e}");
+        let e = err("", &["ema.half_life_steps=10", "ema.half_life_images=640"]);
+        assert!(e.contains("ema.half_life_steps") && e.contains("at most one"), "{e}");
+        let e = err("", &["loss.penalty=r3"]);
+        assert!(e.contains("penalty") && e.contains("r3"), "{e}");
+        // Valid combinations parse.
+        let c = Config::from_toml_str("", &["loss.kind=minimax".into(), "loss.label_smoothing=two-sided".into(), "loss.penalty=r1".into()]).unwrap();
+        assert_eq!(c.loss.penalty, PenaltyKind::R1);
+    }
+
+    #[test]
+    fn ema_beta_from_half_life() {
+        let mut e = EmaConfig { half_life_steps: 10.0, ..Default::default() };
+        assert!((e.beta(64).powi(10) - 0.5).abs() < 1e-12);
+        e = EmaConfig { half_life_images: 6400.0, ..Default::default() };
+        // 6400 images at 64 per update: a half-life of 100 updates.
+        assert!((e.beta(64).powi(100) - 0.5).abs() < 1e-12);
+        assert!(!EmaConfig::default().enabled());
     }
 
     #[test]
@@ -567,5 +600,11 @@ mod tests {
             }
         }
         assert!(n >= 3, "expected at least 3 configs in {}", dir.display());
+        let abl = crate::ablation::configs_in(&dir.join("ablation")).unwrap();
+        assert!(abl.len() >= 7);
+        for p in abl {
+            let c = Config::load(&p, &[]).unwrap();
+            assert_eq!(c.train.threads, 1, "{}: ablation runs share the machine", p.display());
+        }
     }
 }

@@ -5,6 +5,7 @@
 //! clipping), `health` (gradient-health detector), `ablation` (`gandist ablate`),
 //! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`.
 
+pub mod ablation;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
