@@ -154,7 +154,9 @@ fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Ablate { dir, runs_dir, out, data, overrides, report_only } => {
-            let command = std::env::args().map(|a| if a.contains(' ') { format!("{a:?}") } else { a }).collect::<Vec<_>>().join(" ");
+            // The program name as users type it, not the path of this binary.
+            let args = std::env::args().skip(1).map(|a| if a.contains(' ') { format!("{a:?}") } else { a });
+            let command = std::iter::once("gandist".to_string()).chain(args).collect::<Vec<_>>().join(" ");
             let opts = gandist::ablation::AblateOptions { dir, runs_dir, out, data_dir: mnist::resolve_dir(data.as_deref()), overrides, report_only, command };
             let runs = gandist::ablation::run(&opts)?;
             let failed = runs.iter().filter(|r| r.error.is_some()).count();

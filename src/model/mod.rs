@@ -183,6 +183,28 @@ mod tests {
         assert!(d.params.tensors.iter().all(|t| t.requires_grad()));
     }
 
+    /// With spectral normalisation on, after enough power iterations every weight the forward
+    /// pass uses has largest singular value 1 (checked by libtorch's SVD), and the raw weights
+    /// (and so the initialisation) are the same as without it.
+    #[test]
+    fn spectral_norm_makes_each_critic_weight_1_lipschitz() {
+        let cfg = ModelConfig { dim: 4, latent: 8, spectral_norm: true, sn_power_iterations: 50 };
+        tch::manual_seed(5);
+        let mut d = Critic::new(&cfg, Device::Cpu);
+        tch::manual_seed(5);
+        let plain = Critic::new(&ModelConfig { spectral_norm: false, ..cfg.clone() }, Device::Cpu);
+        assert!(d.params.flat.equal(&plain.params.flat));
+        d.power_iterate();
+        let eff = d.effective_params();
+        for &i in &CRITIC_WEIGHTS {
+            let (_, s, _) = eff[i].detach().flatten(1, -1).svd(true, true);
+            let top = s.double_value(&[0]);
+            assert!((top - 1.0).abs() < 1e-3, "weight {i}: top singular value {top}");
+            let (_, s_raw, _) = d.params.tensors[i].detach().flatten(1, -1).svd(true, true);
+            assert!((s_raw.double_value(&[0]) - 1.0).abs() > 1e-2, "the raw weight {i} is not already normalised");
+        }
+    }
+
     #[test]
     fn initialisation_matches_pytorch_bounds() {
         // PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the sample max approaches the bound.

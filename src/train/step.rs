@@ -1,6 +1,10 @@
 //! One training state and its updates: critic and generator phases, each ending in one
 //! all-reduce of one flat buffer (gradient, non-finite flag, loss scalars), then clipping
-//! and an Adam step that every rank takes or skips together.
+//! and an Adam step that every rank takes or skips together. Every loss term is built before
+//! that reduction; terms that depend on parameters only (L2, historical averaging) are added
+//! to the reduced gradient, and state (EMA, averages, spectral-norm vectors) is a function of
+//! rank-identical values, so it stays identical on every rank. Feature matching alone adds a
+//! small reduction of two mean feature vectors before its backward pass (exact global means).
 
 use crate::checkpoint::TensorMap;
 use crate::config::Config;
@@ -80,6 +84,16 @@ pub struct Trainer {
 enum Net {
     Critic,
     Generator,
+}
+
+impl Net {
+    /// Scalar-log names of (total loss, L2 term, historical-averaging term).
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Net::Critic => ("d_loss", "d_l2", "d_hist_avg"),
+            Net::Generator => ("g_loss", "g_l2", "g_hist_avg"),
+        }
+    }
 }
 
 /// A loss assembled from named terms: total = sum of weight * term. Each term's unweighted
@@ -290,25 +304,25 @@ impl Trainer {
     /// clipping, the optimizer step, weight clipping, running averages, the health detector.
     fn apply_update(&mut self, net: Net, grad: &Tensor, stats: &mut UpdateStats) {
         let r = &self.cfg.regularize;
-        let (params, opt, hist, health, l2, max_norm, max_value, total) = match net {
-            Net::Critic => (&self.critic.params.flat, &mut self.opt_d, &mut self.hist_d, &mut self.health_d, r.l2_d, self.cfg.clip.max_norm_d, self.cfg.clip.value_d, "d_loss"),
-            Net::Generator => (&self.generator.params.flat, &mut self.opt_g, &mut self.hist_g, &mut self.health_g, r.l2_g, self.cfg.clip.max_norm_g, self.cfg.clip.value_g, "g_loss"),
+        let (params, opt, hist, health, l2, max_norm, max_value) = match net {
+            Net::Critic => (&self.critic.params.flat, &mut self.opt_d, &mut self.hist_d, &mut self.health_d, r.l2_d, self.cfg.clip.max_norm_d, self.cfg.clip.value_d),
+            Net::Generator => (&self.generator.params.flat, &mut self.opt_g, &mut self.hist_g, &mut self.health_g, r.l2_g, self.cfg.clip.max_norm_g, self.cfg.clip.value_g),
         };
+        let (total, l2_name, hist_name) = net.names();
         if stats.skipped {
             self.skipped_updates += 1;
             health.observe(f64::NAN);
             return;
         }
-        let prefix = &total[..1];
         let mut extra = 0.0;
         if l2 > 0.0 {
             let v = regularize::l2::apply(grad, params, l2);
-            stats.scalars.push((if prefix == "d" { "d_l2" } else { "g_l2" }, v));
+            stats.scalars.push((l2_name, v));
             extra += v;
         }
         if let Some(h) = hist.as_ref() {
             let v = h.apply(grad, params);
-            stats.scalars.push((if prefix == "d" { "d_hist_avg" } else { "g_hist_avg" }, v));
+            stats.scalars.push((hist_name, v));
             extra += v;
         }
         if let Some(t) = stats.scalars.iter_mut().find(|(n, _)| *n == total) {
@@ -323,19 +337,17 @@ impl Trainer {
         }
         opt.step(params, grad);
         health.observe(clip.norm_before);
+        if net == Net::Critic && r.weight_clip > 0.0 {
+            weight_clip::clamp(params, r.weight_clip);
+        }
+        // The averages see the parameters as the step (and any clamp) left them.
         if let Some(h) = hist.as_mut() {
             h.record(params);
         }
-        match net {
-            Net::Critic if r.weight_clip > 0.0 => {
-                weight_clip::clamp(params, r.weight_clip);
+        if net == Net::Generator {
+            if let Some((ema, _)) = self.ema.as_mut() {
+                ema.update(&self.generator.params.flat);
             }
-            Net::Generator => {
-                if let Some((ema, _)) = self.ema.as_mut() {
-                    ema.update(&self.generator.params.flat);
-                }
-            }
-            _ => {}
         }
         stats.clip = Some(clip);
     }
