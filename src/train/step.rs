@@ -480,3 +480,106 @@ impl Trainer {
 pub fn seed_stream(seed: u64, purpose: u64, counter: u64) {
     tch::manual_seed((derive_seed(seed, &[purpose, counter]) >> 1) as i64);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Mnist;
+    use crate::dist::Local;
+
+    /// A trainer on 64 random images with a tiny model and the given overrides.
+    fn trainer(overrides: &[&str]) -> Trainer {
+        let mut all = vec!["model.dim=2", "model.latent=4", "data.batch_size=8", "train.n_critic=2", "train.device=\"cpu\""];
+        all.extend_from_slice(overrides);
+        let o: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        let cfg = Config::from_toml_str("", &o).unwrap();
+        let mut rng = crate::data::sampler::SplitMix64::new(9);
+        let n = 64;
+        let m = Mnist { images: (0..n * 784).map(|_| rng.below(256) as u8).collect(), labels: vec![0; n], n };
+        let data = DeviceImages::from_mnist(&m, Device::Cpu).unwrap();
+        Trainer::new(cfg, Rc::new(Local), Device::Cpu, data).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f32>::try_from(&t.to_kind(Kind::Float)).unwrap().into_iter().map(f64::from).collect()
+    }
+
+    /// Through the trainer: the EMA after k generator updates equals the closed form over the
+    /// generator's recorded parameters, the historical average is their plain mean, and weight
+    /// clipping keeps every critic parameter inside [-c, c].
+    #[test]
+    fn running_state_follows_the_parameter_sequence() {
+        let mut t = trainer(&["ema.half_life_steps=2", "regularize.hist_avg_g=1e-3", "regularize.weight_clip=0.02"]);
+        let beta = 0.5f64.powf(0.5);
+        let mut seq = vec![values(&t.generator.params.flat)];
+        for _ in 0..4 {
+            let (cs, g) = t.iteration(false).unwrap();
+            assert!(!g.skipped && cs.iter().all(|s| !s.skipped));
+            seq.push(values(&t.generator.params.flat));
+            let max = t.critic.params.flat.abs().max().double_value(&[]);
+            assert!(max <= 0.02 + 1e-7, "critic parameter {max} outside the clip range");
+        }
+        let k = seq.len() - 1;
+        let ema = values(&t.ema.as_ref().unwrap().0.flat);
+        let hist = t.hist_g.as_ref().unwrap();
+        let mean = values(&hist.mean);
+        assert_eq!(hist.count.double_value(&[0]), (k + 1) as f64);
+        for j in (0..ema.len()).step_by(97) {
+            let mut want = beta.powi(k as i32) * seq[0][j];
+            for (i, s) in seq.iter().enumerate().skip(1) {
+                want += (1.0 - beta) * beta.powi((k - i) as i32) * s[j];
+            }
+            assert!((ema[j] - want).abs() < 1e-5, "ema[{j}] {} vs {want}", ema[j]);
+            let m = seq.iter().map(|s| s[j]).sum::<f64>() / seq.len() as f64;
+            assert!((mean[j] - m).abs() < 1e-5, "mean[{j}] {} vs {m}", mean[j]);
+        }
+        // The EMA generator is what samples come from.
+        let z = t.fixed_noise(2);
+        let from_ema = t.sample_bytes(&z);
+        let raw = tch::no_grad(|| crate::model::to_bytes(&t.generator.forward(&z)));
+        assert_ne!(from_ema, raw);
+    }
+
+    /// L2 adds 2 lambda theta to the reduced gradient and its value to the logged loss, and the
+    /// lazy penalty appears on every k-th critic update only.
+    #[test]
+    fn parameter_terms_and_lazy_penalty_are_logged() {
+        let mut t = trainer(&["regularize.l2_d=0.5", "loss.penalty_every=2"]);
+        let theta = t.critic.params.flat.detach().copy();
+        let l2 = 0.5 * theta.square().sum(Kind::Float).double_value(&[]);
+        let s0 = t.critic_update(false).unwrap();
+        assert!((s0.get("d_l2").unwrap() - l2).abs() < 1e-4 * l2);
+        let total = s0.get("d_adv").unwrap() + 20.0 * s0.get("d_gp").unwrap() + l2;
+        assert!((s0.get("d_loss").unwrap() - total).abs() < 1e-4 * total.abs().max(1.0), "{s0:?}");
+        let s1 = t.critic_update(false).unwrap();
+        assert!(s1.get("d_gp").is_none() && s1.get("d_adv").is_some());
+    }
+
+    /// With SGD at learning rate 1, one critic step with L2 (lambda) and one without, from the
+    /// same state, differ by exactly the gradient term: -2 lambda theta.
+    #[test]
+    fn l2_and_historical_averaging_enter_the_gradient() {
+        let base = ["optim.kind=sgd", "optim.lr_d=1.0"];
+        let mut plain = trainer(&base);
+        let mut reg = trainer(&[base[0], base[1], "regularize.l2_d=0.25", "regularize.hist_avg_d=3.0"]);
+        let theta = plain.critic.params.flat.detach().copy();
+        plain.critic_update(false).unwrap();
+        reg.critic_update(false).unwrap();
+        // Historical averaging adds 2 * 3 (theta - mean) = 0 on the first step (mean = theta).
+        let diff = &reg.critic.params.flat - &plain.critic.params.flat;
+        let want = &theta * -0.5;
+        assert!((diff - want).abs().max().double_value(&[]) < 1e-5);
+        // On the second step the history term is 2 * 3 (theta_1 - (theta_0 + theta_1) / 2).
+        let mut reg2 = trainer(&[base[0], base[1], "regularize.hist_avg_d=3.0"]);
+        let mut plain2 = trainer(&base);
+        reg2.critic_update(false).unwrap();
+        plain2.critic_update(false).unwrap();
+        let t1 = reg2.critic.params.flat.detach().copy();
+        plain2.critic.params.load_flat(&t1);
+        reg2.critic_update(false).unwrap();
+        plain2.critic_update(false).unwrap();
+        let diff = &reg2.critic.params.flat - &plain2.critic.params.flat;
+        let want = (&t1 - (&theta + &t1) / 2.0) * -6.0;
+        assert!((diff - want).abs().max().double_value(&[]) < 1e-5);
+    }
+}
