@@ -8,8 +8,9 @@ use tch::{Kind, Tensor};
 /// Guards the normalisation of a vector that power iteration drove to zero.
 const NORM_EPS: f64 = 1e-12;
 
+/// On the tensor's device, without a host round trip (power iteration runs every update).
 fn normalize(v: &Tensor) -> Tensor {
-    v / (v.norm().double_value(&[]) + NORM_EPS)
+    v / (v.norm() + NORM_EPS)
 }
 
 /// Power-iteration state for one weight.
