@@ -25,13 +25,14 @@ impl HistoricalAverage {
         }
     }
 
-    /// Adds 2 lambda (theta - mean) to `grad` in place; returns lambda ||theta - mean||^2.
+    /// Adds 2 lambda (theta - mean) to `grad` in place; returns the unweighted
+    /// ||theta - mean||^2 (the loss term is lambda times it).
     pub fn apply(&self, grad: &Tensor, params: &Tensor) -> f64 {
         tch::no_grad(|| {
             let diff = params - &self.mean;
             let mut g = grad.shallow_clone();
             let _ = g.g_add_(&(&diff * (2.0 * self.lambda)));
-            self.lambda * diff.square().sum(Kind::Float).double_value(&[])
+            diff.square().sum(Kind::Float).double_value(&[])
         })
     }
 
@@ -66,7 +67,7 @@ mod tests {
         let theta = Tensor::from_slice(&[5.0f32, 1.0]);
         let g = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu));
         let v = h.apply(&g, &theta);
-        assert!((v - 0.5 * (4.0 + 1.0)).abs() < 1e-6);
+        assert!((v - (4.0 + 1.0)).abs() < 1e-6);
         assert_eq!(Vec::<f32>::try_from(&g).unwrap(), vec![2.0, 1.0]);
     }
 }

@@ -5,7 +5,8 @@
 
 use tch::Tensor;
 
-/// Adds 2 lambda theta to `grad` in place; returns the term's value lambda ||theta||^2.
+/// Adds 2 lambda theta to `grad` in place; returns the unweighted ||theta||^2 (the loss term
+/// is lambda times it).
 pub fn apply(grad: &Tensor, params: &Tensor, lambda: f64) -> f64 {
     if lambda == 0.0 {
         return 0.0;
@@ -13,7 +14,7 @@ pub fn apply(grad: &Tensor, params: &Tensor, lambda: f64) -> f64 {
     tch::no_grad(|| {
         let mut g = grad.shallow_clone();
         let _ = g.g_add_(&(params * (2.0 * lambda)));
-        lambda * params.square().sum(params.kind()).double_value(&[])
+        params.square().sum(params.kind()).double_value(&[])
     })
 }
 
@@ -26,7 +27,7 @@ mod tests {
         let p = Tensor::from_slice(&[1.0f32, -2.0, 0.5]);
         let g = Tensor::from_slice(&[0.1f32, 0.1, 0.1]);
         let v = apply(&g, &p, 0.25);
-        assert!((v - 0.25 * 5.25).abs() < 1e-6);
+        assert!((v - 5.25).abs() < 1e-6);
         let got: Vec<f32> = Vec::try_from(&g).unwrap();
         assert_eq!(got, vec![0.1 + 0.5, 0.1 - 1.0, 0.1 + 0.25]);
         // Agrees with autograd of lambda ||p||^2.

@@ -314,16 +314,17 @@ impl Trainer {
             health.observe(f64::NAN);
             return;
         }
+        // Logged unweighted, like every other term; the total gets weight * value.
         let mut extra = 0.0;
         if l2 > 0.0 {
             let v = regularize::l2::apply(grad, params, l2);
             stats.scalars.push((l2_name, v));
-            extra += v;
+            extra += l2 * v;
         }
         if let Some(h) = hist.as_ref() {
             let v = h.apply(grad, params);
             stats.scalars.push((hist_name, v));
-            extra += v;
+            extra += h.lambda * v;
         }
         if let Some(t) = stats.scalars.iter_mut().find(|(n, _)| *n == total) {
             t.1 += extra;
@@ -546,10 +547,11 @@ mod tests {
     fn parameter_terms_and_lazy_penalty_are_logged() {
         let mut t = trainer(&["regularize.l2_d=0.5", "loss.penalty_every=2"]);
         let theta = t.critic.params.flat.detach().copy();
-        let l2 = 0.5 * theta.square().sum(Kind::Float).double_value(&[]);
+        let sq = theta.square().sum(Kind::Float).double_value(&[]);
         let s0 = t.critic_update(false).unwrap();
-        assert!((s0.get("d_l2").unwrap() - l2).abs() < 1e-4 * l2);
-        let total = s0.get("d_adv").unwrap() + 20.0 * s0.get("d_gp").unwrap() + l2;
+        assert!((s0.get("d_l2").unwrap() - sq).abs() < 1e-4 * sq);
+        // Lazy weight 2 x gp_lambda 10 on even critic steps; L2 weight 0.5.
+        let total = s0.get("d_adv").unwrap() + 20.0 * s0.get("d_gp").unwrap() + 0.5 * sq;
         assert!((s0.get("d_loss").unwrap() - total).abs() < 1e-4 * total.abs().max(1.0), "{s0:?}");
         let s1 = t.critic_update(false).unwrap();
         assert!(s1.get("d_gp").is_none() && s1.get("d_adv").is_some());
