@@ -17,6 +17,9 @@ pub struct Config {
     pub train: TrainConfig,
     pub dist: DistConfig,
     pub metrics: MetricsConfig,
+    pub regularize: RegularizeConfig,
+    pub ema: EmaConfig,
+    pub health: HealthConfig,
     pub faults: FaultConfig,
 }
 
@@ -27,6 +30,10 @@ pub struct ModelConfig {
     pub dim: i64,
     /// Size of the generator's noise input.
     pub latent: i64,
+    /// Spectral normalisation of the critic's weights (Miyato et al. 2018).
+    pub spectral_norm: bool,
+    /// Power-iteration steps per update for spectral normalisation.
+    pub sn_power_iterations: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -47,19 +54,73 @@ pub enum LossKind {
     Minimax,
     /// The non-saturating BCE GAN: the generator maximises log D(G(z)).
     NonSaturating,
+    /// Hinge loss (Lim & Ye 2017, Miyato et al. 2018): critic relu(1 - D(real)) + relu(1 + D(fake)).
+    Hinge,
+    /// Least squares (Mao et al. 2017), targets 1 (real) and 0 (fake).
+    LeastSquares,
+}
+
+impl LossKind {
+    /// The binary cross-entropy family, the only one where label smoothing means something.
+    pub fn is_bce(self) -> bool {
+        matches!(self, LossKind::Minimax | LossKind::NonSaturating)
+    }
+}
+
+/// Which gradient penalty the critic loss carries (weight `loss.gp_lambda`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum PenaltyKind {
+    /// WGAN-GP: (||grad D(x_hat)|| - 1)^2 at random interpolates.
+    TwoSided,
+    /// max(0, ||grad D(x_hat)|| - 1)^2 at random interpolates.
+    OneSided,
+    /// Zero-centred ||grad D(x)||^2 on real data (Mescheder et al. 2018).
+    R1,
+    /// Zero-centred ||grad D(x)||^2 on generated data.
+    R2,
+    None,
+}
+
+/// Label smoothing of the BCE critic targets (Salimans et al. 2016).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum LabelSmoothing {
+    None,
+    /// Real target 0.9, fake target 0.
+    OneSided,
+    /// Real target 0.9, fake target 0.1.
+    TwoSided,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
     pub kind: LossKind,
-    /// Weight of the WGAN-GP gradient penalty (0 disables it).
+    /// Weight of the gradient penalty chosen by `penalty` (0 disables it).
     pub gp_lambda: f64,
+    pub penalty: PenaltyKind,
+    /// Lazy regularisation: apply the penalty every k critic updates with weight k * gp_lambda.
+    pub penalty_every: u64,
+    pub label_smoothing: LabelSmoothing,
+    /// Weight of the feature-matching term in the generator loss (0 = off).
+    pub feature_matching: f64,
+    /// Weight of the adversarial term in the generator loss (0 with feature matching = pure FM).
+    pub g_adversarial: f64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum OptimKind {
+    Adam,
+    /// Plain SGD: its step scales with the gradient, so norm clipping bounds it (Adam's does not).
+    Sgd,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct OptimConfig {
+    pub kind: OptimKind,
     pub lr_g: f64,
     pub lr_d: f64,
     pub beta1: f64,
@@ -74,6 +135,50 @@ pub struct ClipConfig {
     pub max_norm_d: f64,
     /// Global L2-norm threshold for the generator's gradient (0 = no clipping).
     pub max_norm_g: f64,
+    /// Clamp each element of the critic's gradient to [-v, v] (0 = off); before norm clipping.
+    pub value_d: f64,
+    /// Same for the generator.
+    pub value_g: f64,
+}
+
+/// Parameter regularisers that act on the (rank-identical) parameters, and WGAN weight clipping.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct RegularizeConfig {
+    /// Historical averaging weight lambda in lambda ||theta - mean of past theta||^2, critic (0 = off).
+    pub hist_avg_d: f64,
+    pub hist_avg_g: f64,
+    /// L2 regularisation lambda ||theta||^2 (weight decay as a gradient term), critic (0 = off).
+    pub l2_d: f64,
+    pub l2_g: f64,
+    /// Original WGAN: clamp every critic parameter to [-c, c] after each step (0 = off).
+    pub weight_clip: f64,
+}
+
+/// Exponential moving average of the generator's weights.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EmaConfig {
+    /// Half-life in generator updates (0 = unset).
+    pub half_life_steps: f64,
+    /// Half-life in images shown to the generator, batch_size per update (0 = unset).
+    pub half_life_images: f64,
+    /// Sample grids during training come from the EMA weights when EMA is on.
+    pub use_for_samples: bool,
+}
+
+/// Thresholds of the gradient-health detector (diagnostic only: training is not changed).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HealthConfig {
+    /// A network's pre-clip gradient norm under this for `vanish_patience` updates is vanishing.
+    pub vanish_threshold: f64,
+    pub vanish_patience: u64,
+    /// A norm over this is exploding.
+    pub explode_threshold: f64,
+    /// A norm at least this factor above the one `growth_window` updates earlier is exploding.
+    pub growth_factor: f64,
+    pub growth_window: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -156,14 +261,47 @@ impl Default for Config {
             train: TrainConfig::default(),
             dist: DistConfig::default(),
             metrics: MetricsConfig::default(),
+            regularize: RegularizeConfig::default(),
+            ema: EmaConfig::default(),
+            health: HealthConfig::default(),
             faults: FaultConfig::default(),
         }
     }
 }
 
+impl Default for RegularizeConfig {
+    fn default() -> Self {
+        RegularizeConfig { hist_avg_d: 0.0, hist_avg_g: 0.0, l2_d: 0.0, l2_g: 0.0, weight_clip: 0.0 }
+    }
+}
+
+impl Default for EmaConfig {
+    fn default() -> Self {
+        EmaConfig { half_life_steps: 0.0, half_life_images: 0.0, use_for_samples: true }
+    }
+}
+
+impl EmaConfig {
+    pub fn enabled(&self) -> bool {
+        self.half_life_steps > 0.0 || self.half_life_images > 0.0
+    }
+
+    /// The per-update decay beta = 0.5^(1 / half-life in updates).
+    pub fn beta(&self, batch_size: i64) -> f64 {
+        let steps = if self.half_life_steps > 0.0 { self.half_life_steps } else { self.half_life_images / batch_size as f64 };
+        0.5f64.powf(1.0 / steps)
+    }
+}
+
+impl Default for HealthConfig {
+    fn default() -> Self {
+        HealthConfig { vanish_threshold: 1e-6, vanish_patience: 20, explode_threshold: 1e4, growth_factor: 1e3, growth_window: 50 }
+    }
+}
+
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dim: 64, latent: 128 }
+        ModelConfig { dim: 64, latent: 128, spectral_norm: false, sn_power_iterations: 1 }
     }
 }
 
@@ -175,19 +313,27 @@ impl Default for DataConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        LossConfig { kind: LossKind::Wgan, gp_lambda: 10.0 }
+        LossConfig {
+            kind: LossKind::Wgan,
+            gp_lambda: 10.0,
+            penalty: PenaltyKind::TwoSided,
+            penalty_every: 1,
+            label_smoothing: LabelSmoothing::None,
+            feature_matching: 0.0,
+            g_adversarial: 1.0,
+        }
     }
 }
 
 impl Default for OptimConfig {
     fn default() -> Self {
-        OptimConfig { lr_g: 1e-4, lr_d: 1e-4, beta1: 0.5, beta2: 0.9, eps: 1e-8 }
+        OptimConfig { kind: OptimKind::Adam, lr_g: 1e-4, lr_d: 1e-4, beta1: 0.5, beta2: 0.9, eps: 1e-8 }
     }
 }
 
 impl Default for ClipConfig {
     fn default() -> Self {
-        ClipConfig { max_norm_d: 0.0, max_norm_g: 0.0 }
+        ClipConfig { max_norm_d: 0.0, max_norm_g: 0.0, value_d: 0.0, value_g: 0.0 }
     }
 }
 
@@ -267,6 +413,37 @@ impl Config {
         check(finite_pos(self.optim.eps), "optim.eps", self.optim.eps, "a finite value > 0")?;
         check(finite_nonneg(self.clip.max_norm_d), "clip.max_norm_d", self.clip.max_norm_d, "a finite value >= 0 (0 = off)")?;
         check(finite_nonneg(self.clip.max_norm_g), "clip.max_norm_g", self.clip.max_norm_g, "a finite value >= 0 (0 = off)")?;
+        check(finite_nonneg(self.clip.value_d), "clip.value_d", self.clip.value_d, "a finite value >= 0 (0 = off)")?;
+        check(finite_nonneg(self.clip.value_g), "clip.value_g", self.clip.value_g, "a finite value >= 0 (0 = off)")?;
+        check(self.model.sn_power_iterations >= 1, "model.sn_power_iterations", self.model.sn_power_iterations, "at least 1")?;
+        check(self.loss.penalty_every >= 1, "loss.penalty_every", self.loss.penalty_every, "at least 1")?;
+        check(finite_nonneg(self.loss.feature_matching), "loss.feature_matching", self.loss.feature_matching, "a finite value >= 0 (0 = off)")?;
+        check(finite_nonneg(self.loss.g_adversarial), "loss.g_adversarial", self.loss.g_adversarial, "a finite value >= 0")?;
+        if self.loss.g_adversarial == 0.0 && self.loss.feature_matching == 0.0 {
+            bail!("loss.g_adversarial = 0 and loss.feature_matching = 0 leave the generator without a loss: expected at least one > 0");
+        }
+        if self.loss.label_smoothing != LabelSmoothing::None && !self.loss.kind.is_bce() {
+            bail!(
+                "loss.label_smoothing = {:?} applies to the BCE losses only: expected loss.kind = \"minimax\" or \"non-saturating\" (got {:?}), or label_smoothing = \"none\"",
+                self.loss.label_smoothing,
+                self.loss.kind
+            );
+        }
+        let r = &self.regularize;
+        for (v, f) in [(r.hist_avg_d, "regularize.hist_avg_d"), (r.hist_avg_g, "regularize.hist_avg_g"), (r.l2_d, "regularize.l2_d"), (r.l2_g, "regularize.l2_g"), (r.weight_clip, "regularize.weight_clip")] {
+            check(finite_nonneg(v), f, v, "a finite value >= 0 (0 = off)")?;
+        }
+        check(finite_nonneg(self.ema.half_life_steps), "ema.half_life_steps", self.ema.half_life_steps, "a finite value >= 0 (0 = off)")?;
+        check(finite_nonneg(self.ema.half_life_images), "ema.half_life_images", self.ema.half_life_images, "a finite value >= 0 (0 = off)")?;
+        if self.ema.half_life_steps > 0.0 && self.ema.half_life_images > 0.0 {
+            bail!("ema.half_life_steps and ema.half_life_images are both set: expected at most one > 0");
+        }
+        let h = &self.health;
+        check(finite_nonneg(h.vanish_threshold), "health.vanish_threshold", h.vanish_threshold, "a finite value >= 0")?;
+        check(h.vanish_patience >= 1, "health.vanish_patience", h.vanish_patience, "at least 1")?;
+        check(finite_pos(h.explode_threshold), "health.explode_threshold", h.explode_threshold, "a finite value > 0")?;
+        check(h.growth_factor.is_finite() && h.growth_factor > 1.0, "health.growth_factor", h.growth_factor, "a finite value > 1")?;
+        check(h.growth_window >= 1, "health.growth_window", h.growth_window, "at least 1")?;
         check(self.train.iterations >= 1, "train.iterations", self.train.iterations, "at least 1")?;
         check(self.train.n_critic >= 1, "train.n_critic", self.train.n_critic, "at least 1")?;
         check(self.train.max_consecutive_skips >= 1, "train.max_consecutive_skips", self.train.max_consecutive_skips, "at least 1")?;
@@ -302,6 +479,8 @@ impl Config {
         c.faults = FaultConfig::default();
         c.dist = DistConfig::default();
         c.metrics = MetricsConfig::default();
+        c.health = HealthConfig::default();
+        c.ema.use_for_samples = true;
         hex::encode(Sha256::digest(c.to_toml().as_bytes()))
     }
 }
@@ -395,10 +574,43 @@ mod tests {
             ("optim.beta2=1.0", "optim.beta2"),
             ("clip.max_norm_d=nan", "clip.max_norm_d"),
             ("train.device=tpu", "train.device"),
+            ("clip.value_d=-1", "clip.value_d"),
+            ("loss.penalty_every=0", "loss.penalty_every"),
+            ("loss.feature_matching=-1", "loss.feature_matching"),
+            ("regularize.hist_avg_g=inf", "regularize.hist_avg_g"),
+            ("regularize.weight_clip=-0.01", "regularize.weight_clip"),
+            ("ema.half_life_images=-5", "ema.half_life_images"),
+            ("health.growth_factor=1", "health.growth_factor"),
+            ("model.sn_power_iterations=0", "model.sn_power_iterations"),
         ] {
             let e = err("", &[o]);
             assert!(e.contains(field), "{o}: {e}");
         }
+    }
+
+    #[test]
+    fn inconsistent_technique_settings_are_named() {
+        let e = err("", &["loss.label_smoothing=one-sided"]);
+        assert!(e.contains("loss.label_smoothing") && e.contains("BCE"), "{e}");
+        let e = err("", &["loss.g_adversarial=0"]);
+        assert!(e.contains("loss.g_adversarial") && e.contains("loss.feature_matching"), "{e}");
+        let e = err("", &["ema.half_life_steps=10", "ema.half_life_images=640"]);
+        assert!(e.contains("ema.half_life_steps") && e.contains("at most one"), "{e}");
+        let e = err("", &["loss.penalty=r3"]);
+        assert!(e.contains("penalty") && e.contains("r3"), "{e}");
+        // Valid combinations parse.
+        let c = Config::from_toml_str("", &["loss.kind=minimax".into(), "loss.label_smoothing=two-sided".into(), "loss.penalty=r1".into()]).unwrap();
+        assert_eq!(c.loss.penalty, PenaltyKind::R1);
+    }
+
+    #[test]
+    fn ema_beta_from_half_life() {
+        let mut e = EmaConfig { half_life_steps: 10.0, ..Default::default() };
+        assert!((e.beta(64).powi(10) - 0.5).abs() < 1e-12);
+        e = EmaConfig { half_life_images: 6400.0, ..Default::default() };
+        // 6400 images at 64 per update: a half-life of 100 updates.
+        assert!((e.beta(64).powi(100) - 0.5).abs() < 1e-12);
+        assert!(!EmaConfig::default().enabled());
     }
 
     #[test]
@@ -430,5 +642,11 @@ mod tests {
             }
         }
         assert!(n >= 3, "expected at least 3 configs in {}", dir.display());
+        let abl = crate::ablation::configs_in(&dir.join("ablation")).unwrap();
+        assert!(abl.len() >= 7);
+        for p in abl {
+            let c = Config::load(&p, &[]).unwrap();
+            assert_eq!(c.train.threads, 1, "{}: ablation runs share the machine", p.display());
+        }
     }
 }

@@ -1,9 +1,11 @@
 //! gandist: stable, observable, data-parallel GAN training on MNIST.
 //!
 //! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
-//! `objective` (adversarial losses), `regularize` (penalties), `optim` (Adam, clipping),
+//! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers), `optim` (Adam, SGD,
+//! clipping), `health` (gradient-health detector), `ablation` (`gandist ablate`),
 //! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`.
 
+pub mod ablation;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
@@ -11,6 +13,7 @@ pub mod data;
 pub mod device;
 pub mod dist;
 pub mod fsutil;
+pub mod health;
 pub mod model;
 pub mod objective;
 pub mod optim;

@@ -1,4 +1,4 @@
-//! The `gandist` command line: train, sample, data, bench.
+//! The `gandist` command line: train, sample, data, bench, ablate.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -47,6 +47,28 @@ enum Command {
         format: SampleFormat,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Which generator weights: the EMA ones when the checkpoint has them (auto), or not.
+        #[arg(long, value_enum, default_value_t = Weights::Auto)]
+        weights: Weights,
+    },
+    /// Train every configuration in a folder for its fixed budget and write a report.
+    Ablate {
+        /// Folder of .toml configurations (grouped in the report by the name before the first '-').
+        dir: PathBuf,
+        /// Where the run directories go (each one is replaced).
+        #[arg(long, default_value = "runs/ablation")]
+        runs_dir: PathBuf,
+        /// The markdown report; plots go to a folder named after it (docs/ablation/).
+        #[arg(long, default_value = "docs/ablation.md")]
+        out: PathBuf,
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Override a value in every configuration (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+        /// Rebuild the report from the existing run directories, without training.
+        #[arg(long)]
+        report_only: bool,
     },
     /// Fetch or verify the MNIST files.
     Data {
@@ -88,6 +110,13 @@ enum DataAction {
     },
 }
 
+#[derive(Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum Weights {
+    Auto,
+    Ema,
+    Raw,
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum SampleFormat {
     Png,
@@ -123,8 +152,20 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Outcome::Stopped(sig) => Ok(ExitCode::from((128 + sig) as u8)),
             }
         }
-        Command::Sample { checkpoint, n, out, format, seed } => {
-            sample(&checkpoint, n, &out, format, seed)?;
+        Command::Sample { checkpoint, n, out, format, seed, weights } => {
+            sample(&checkpoint, n, &out, format, seed, weights)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Ablate { dir, runs_dir, out, data, overrides, report_only } => {
+            // The program name as users type it, not the path of this binary.
+            let args = std::env::args().skip(1).map(|a| if a.contains(' ') { format!("{a:?}") } else { a });
+            let command = std::iter::once("gandist".to_string()).chain(args).collect::<Vec<_>>().join(" ");
+            let opts = gandist::ablation::AblateOptions { dir, runs_dir, out, data_dir: mnist::resolve_dir(data.as_deref()), overrides, report_only, command };
+            let runs = gandist::ablation::run(&opts)?;
+            let failed = runs.iter().filter(|r| r.error.is_some()).count();
+            if failed > 0 {
+                bail!("{failed} of {} ablation runs failed (see {})", runs.len(), opts.out.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Data { action } => {
@@ -170,7 +211,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u64) -> Result<()> {
+fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u64, weights: Weights) -> Result<()> {
     use gandist::checkpoint;
     if n == 0 {
         bail!("--n must be at least 1");
@@ -188,15 +229,20 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
     let cfg = Config::from_toml_str(&meta.config, &[]).context("the checkpoint's embedded config")?;
     let device = gandist::device::select("auto", 0)?;
     let g = gandist::model::Generator::new(&cfg.model, device);
+    let prefix = match weights {
+        Weights::Ema if !cfg.ema.enabled() => bail!("--weights ema: the checkpoint's run had no EMA (ema.half_life_steps and ema.half_life_images are 0)"),
+        Weights::Ema | Weights::Auto if cfg.ema.enabled() => gandist::train::step::EMA_PREFIX,
+        _ => "generator.",
+    };
     let shapes = g
         .params
         .names
         .iter()
         .zip(&g.params.shapes)
-        .map(|(n, s)| (format!("generator.{n}"), s.iter().map(|&d| d as usize).collect()))
+        .map(|(n, s)| (format!("{prefix}{n}"), s.iter().map(|&d| d as usize).collect()))
         .collect();
     let loaded = checkpoint::load(&dir, &shapes)?;
-    let flat: Vec<f32> = g.params.names.iter().flat_map(|n| loaded.tensors[&format!("generator.{n}")].1.clone()).collect();
+    let flat: Vec<f32> = g.params.names.iter().flat_map(|n| loaded.tensors[&format!("{prefix}{n}")].1.clone()).collect();
     g.params.load_flat(&tch::Tensor::from_slice(&flat).to_device(device));
     gandist::train::step::seed_stream(seed, gandist::train::step::purpose::FIXED_NOISE, 1);
     let z = tch::Tensor::randn([n as i64, cfg.model.latent], (tch::Kind::Float, tch::Device::Cpu)).to_device(device);
@@ -206,6 +252,7 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
         SampleFormat::Png => gandist::samples::write_grid_png(out, &bytes, n, side)?,
         SampleFormat::Idx => gandist::samples::write_idx(out, &bytes, n, side)?,
     }
-    eprintln!("wrote {n} samples from {} (step {}) to {}", dir.display(), meta.step, out.display());
+    let which = if prefix == "generator." { "" } else { " (EMA weights)" };
+    eprintln!("wrote {n} samples from {}{which} (step {}) to {}", dir.display(), meta.step, out.display());
     Ok(())
 }

@@ -1,14 +1,29 @@
 //! Adversarial losses. Each takes the critic's raw outputs (logits for the BCE family) and
 //! returns a scalar mean over the batch, so that averaging over ranks gives the global mean.
 
-use crate::config::LossKind;
+use crate::config::{LabelSmoothing, LossKind};
 use tch::Tensor;
 
-/// Critic (discriminator) loss from its outputs on real and generated samples.
-pub fn critic_loss(kind: LossKind, real_out: &Tensor, fake_out: &Tensor) -> Tensor {
+/// The BCE critic's (real, fake) targets; the article's smoothing values are 0.9 and 0.1.
+pub fn bce_targets(smoothing: LabelSmoothing) -> (f64, f64) {
+    match smoothing {
+        LabelSmoothing::None => (1.0, 0.0),
+        LabelSmoothing::OneSided => (0.9, 0.0),
+        LabelSmoothing::TwoSided => (0.9, 0.1),
+    }
+}
+
+/// Critic (discriminator) loss from its outputs on real and generated samples. Label
+/// smoothing changes the BCE critic's targets only; the generator's loss is unchanged.
+pub fn critic_loss(kind: LossKind, smoothing: LabelSmoothing, real_out: &Tensor, fake_out: &Tensor) -> Tensor {
     match kind {
         LossKind::Wgan => fake_out.mean(None) - real_out.mean(None),
-        LossKind::Minimax | LossKind::NonSaturating => bce_with_logits(real_out, 1.0) + bce_with_logits(fake_out, 0.0),
+        LossKind::Minimax | LossKind::NonSaturating => {
+            let (t_real, t_fake) = bce_targets(smoothing);
+            bce_with_logits(real_out, t_real) + bce_with_logits(fake_out, t_fake)
+        }
+        LossKind::Hinge => (-real_out + 1.0).relu().mean(None) + (fake_out + 1.0).relu().mean(None),
+        LossKind::LeastSquares => ((real_out - 1.0).square().mean(None) + fake_out.square().mean(None)) * 0.5,
     }
 }
 
@@ -20,6 +35,8 @@ pub fn generator_loss(kind: LossKind, fake_out: &Tensor) -> Tensor {
         LossKind::Minimax => -fake_out.softplus().mean(None),
         // Minimise -log sigmoid(x) = softplus(-x).
         LossKind::NonSaturating => (-fake_out).softplus().mean(None),
+        LossKind::Hinge => -fake_out.mean(None),
+        LossKind::LeastSquares => (fake_out - 1.0).square().mean(None) * 0.5,
     }
 }
 
@@ -77,10 +94,52 @@ mod tests {
     }
 
     #[test]
+    fn label_smoothing_targets_and_values() {
+        assert_eq!(bce_targets(LabelSmoothing::None), (1.0, 0.0));
+        assert_eq!(bce_targets(LabelSmoothing::OneSided), (0.9, 0.0));
+        assert_eq!(bce_targets(LabelSmoothing::TwoSided), (0.9, 0.1));
+        // At logit 0 both sigmoids are 1/2: every BCE term is ln 2 whatever the target.
+        let z = t(&[0.0, 0.0]);
+        for s in [LabelSmoothing::None, LabelSmoothing::OneSided, LabelSmoothing::TwoSided] {
+            let v = critic_loss(LossKind::NonSaturating, s, &z, &z).double_value(&[]);
+            assert!((v - 2.0 * 2f64.ln()).abs() < 1e-6, "{s:?}: {v}");
+        }
+        // Real logit x, fake logit y: softplus(x) - t_r x + softplus(y) - t_f y.
+        let sp = |x: f64| (1.0 + x.exp()).ln();
+        let (x, y) = (2.0f64, -1.0f64);
+        for (s, tr, tf) in [(LabelSmoothing::None, 1.0, 0.0), (LabelSmoothing::OneSided, 0.9, 0.0), (LabelSmoothing::TwoSided, 0.9, 0.1)] {
+            let want = sp(x) - tr * x + sp(y) - tf * y;
+            let got = critic_loss(LossKind::Minimax, s, &t(&[x as f32]), &t(&[y as f32])).double_value(&[]);
+            assert!((got - want).abs() < 1e-6, "{s:?}: {got} vs {want}");
+        }
+        // The smoothed loss is minimised at sigmoid(x) = 0.9, i.e. x = ln 9, not at x -> infinity.
+        let x = Tensor::from_slice(&[9f32.ln()]).set_requires_grad(true);
+        let l = critic_loss(LossKind::NonSaturating, LabelSmoothing::OneSided, &x, &t(&[-50.0]));
+        let g = Tensor::run_backward(&[l], &[&x], false, false)[0].double_value(&[0]);
+        assert!(g.abs() < 1e-6, "{g}");
+    }
+
+    #[test]
+    fn hinge_and_least_squares_values() {
+        let real = t(&[2.0, 0.5, -1.0]);
+        let fake = t(&[-2.0, 0.0, 1.0]);
+        // Hinge: mean(relu(1 - r)) = (0 + 0.5 + 2)/3, mean(relu(1 + f)) = (0 + 1 + 2)/3.
+        let h = critic_loss(LossKind::Hinge, LabelSmoothing::None, &real, &fake).double_value(&[]);
+        assert!((h - (2.5 + 3.0) / 3.0).abs() < 1e-6, "{h}");
+        assert!((generator_loss(LossKind::Hinge, &fake).double_value(&[]) - (1.0 / 3.0)).abs() < 1e-6);
+        // LS: 0.5 mean((r - 1)^2) + 0.5 mean(f^2) = 0.5 (1 + 0.25 + 4)/3 + 0.5 (4 + 0 + 1)/3.
+        let ls = critic_loss(LossKind::LeastSquares, LabelSmoothing::None, &real, &fake).double_value(&[]);
+        assert!((ls - (0.5 * 5.25 / 3.0 + 0.5 * 5.0 / 3.0)).abs() < 1e-6, "{ls}");
+        // Generator: 0.5 mean((f - 1)^2) = 0.5 (9 + 1 + 0)/3.
+        let gl = generator_loss(LossKind::LeastSquares, &fake).double_value(&[]);
+        assert!((gl - 0.5 * 10.0 / 3.0).abs() < 1e-6, "{gl}");
+    }
+
+    #[test]
     fn wgan_losses() {
         let real = t(&[1.0, 3.0]);
         let fake = t(&[-1.0, 0.0]);
-        assert_eq!(critic_loss(LossKind::Wgan, &real, &fake).double_value(&[]), -2.5);
+        assert_eq!(critic_loss(LossKind::Wgan, LabelSmoothing::None, &real, &fake).double_value(&[]), -2.5);
         assert_eq!(generator_loss(LossKind::Wgan, &fake).double_value(&[]), 0.5);
         assert_eq!(wasserstein_estimate(&real, &fake).double_value(&[]), 2.5);
         let _ = Tensor::zeros([1], (Kind::Float, Device::Cpu));

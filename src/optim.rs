@@ -1,9 +1,12 @@
-//! Adam over a flat parameter buffer (PyTorch's formula, step for step) and global-norm
-//! gradient clipping.
+//! Adam over a flat parameter buffer (PyTorch's formula, step for step), plain SGD as an
+//! option, global-norm gradient clipping and element-wise value clipping.
 
+use crate::config::OptimKind;
 use tch::Tensor;
 
+/// Adam, or plain SGD when `kind` is `Sgd` (the moments are then unused and stay zero).
 pub struct Adam {
+    pub kind: OptimKind,
     pub lr: f64,
     pub beta1: f64,
     pub beta2: f64,
@@ -15,14 +18,24 @@ pub struct Adam {
 
 impl Adam {
     pub fn new(params: &Tensor, lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
-        Adam { lr, beta1, beta2, eps, exp_avg: params.zeros_like(), exp_avg_sq: params.zeros_like(), steps: 0 }
+        Adam { kind: OptimKind::Adam, lr, beta1, beta2, eps, exp_avg: params.zeros_like(), exp_avg_sq: params.zeros_like(), steps: 0 }
     }
 
-    /// One update of `params` (in place) with gradient `grad`, as torch.optim.Adam does it.
+    /// Plain SGD: params -= lr * grad.
+    pub fn sgd(params: &Tensor, lr: f64) -> Self {
+        Adam { kind: OptimKind::Sgd, ..Adam::new(params, lr, 0.0, 0.0, 1.0) }
+    }
+
+    /// One update of `params` (in place) with gradient `grad`, as torch.optim.Adam (or SGD
+    /// without momentum) does it.
     pub fn step(&mut self, params: &Tensor, grad: &Tensor) {
         let mut params = params.shallow_clone();
         tch::no_grad(|| {
             self.steps += 1;
+            if self.kind == OptimKind::Sgd {
+                let _ = params.g_add_(&(grad * -self.lr));
+                return;
+            }
             let t = self.steps as i32;
             let _ = self.exp_avg.lerp_(grad, 1.0 - self.beta1);
             let _ = self.exp_avg_sq.g_mul_scalar_(self.beta2).g_add_(&(grad.square() * (1.0 - self.beta2)));
@@ -58,10 +71,39 @@ pub fn clip_global_norm(grad: &Tensor, max_norm: f64) -> ClipReport {
     }
 }
 
+/// Clamps every element of `grad` in place to [-v, v] (0 disables).
+pub fn clip_value(grad: &Tensor, v: f64) {
+    if v <= 0.0 {
+        return;
+    }
+    tch::no_grad(|| {
+        let mut g = grad.shallow_clone();
+        let _ = g.clamp_(-v, v);
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
     use tch::Device;
+
+    #[test]
+    fn value_clipping_of_a_known_gradient() {
+        let g = Tensor::from_slice(&[3.0f32, -0.2, -4.0, 0.5]);
+        clip_value(&g, 0.5);
+        assert_eq!(Vec::<f32>::try_from(&g).unwrap(), vec![0.5, -0.2, -0.5, 0.5]);
+        clip_value(&g, 0.0);
+        assert_eq!(Vec::<f32>::try_from(&g).unwrap(), vec![0.5, -0.2, -0.5, 0.5]);
+    }
+
+    #[test]
+    fn sgd_step_is_lr_times_gradient() {
+        let p = Tensor::from_slice(&[1.0f32, -2.0]);
+        let mut opt = Adam::sgd(&p, 0.5);
+        opt.step(&p, &Tensor::from_slice(&[2.0f32, -4.0]));
+        assert_eq!(Vec::<f32>::try_from(&p).unwrap(), vec![0.0, 0.0]);
+        assert_eq!(opt.steps, 1);
+    }
 
     #[test]
     fn clipping_a_known_gradient() {

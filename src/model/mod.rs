@@ -1,7 +1,9 @@
 //! The WGAN-GP paper's MNIST generator and critic (its reference code's architecture), with
 //! PyTorch's default initialisation and parameters held in one flat buffer per network.
 
+pub mod ema;
 pub mod params;
+pub mod spectral_norm;
 
 use crate::config::ModelConfig;
 use params::{ParamBuilder, ParamSet};
@@ -29,7 +31,13 @@ pub struct Critic {
     pub params: ParamSet,
     pub dim: i64,
     slope: Tensor,
+    /// Spectral normalisation of each weight (conv1..3, fc), when enabled.
+    pub spectral: Option<Vec<spectral_norm::SpectralNorm>>,
+    sn_iters: u32,
 }
+
+/// Indices of the critic's weights (not biases) in its parameter list.
+const CRITIC_WEIGHTS: [usize; 4] = [0, 2, 4, 6];
 
 impl Generator {
     /// Draws initial weights from libtorch's global generator (seed it first).
@@ -71,12 +79,38 @@ impl Critic {
         b.uniform("fc.weight", &[1, 4 * 4 * 4 * d], bound(4 * 4 * 4 * d));
         b.uniform("fc.bias", &[1], bound(4 * 4 * 4 * d));
         let slope = Tensor::from_slice(&[LEAKY_SLOPE as f32]).to_device(device);
-        Critic { params: b.build(), dim: d, slope }
+        let params = b.build();
+        // Drawn after the weights, so that turning spectral norm on leaves the initial weights alone.
+        let spectral = cfg.spectral_norm.then(|| {
+            CRITIC_WEIGHTS.iter().map(|&i| spectral_norm::SpectralNorm::new(params.shapes[i][0], device)).collect()
+        });
+        Critic { params, dim: d, slope, spectral, sn_iters: cfg.sn_power_iterations }
+    }
+
+    /// One round of power iteration per normalised weight (call once per update).
+    pub fn power_iterate(&mut self) {
+        if let Some(sn) = self.spectral.as_mut() {
+            for (s, &i) in sn.iter_mut().zip(&CRITIC_WEIGHTS) {
+                s.power_iterate(&self.params.tensors[i], self.sn_iters);
+            }
+        }
+    }
+
+    /// The parameters as the forward pass uses them: weights divided by their spectral norm
+    /// estimate when spectral normalisation is on.
+    fn effective_params(&self) -> Vec<Tensor> {
+        let mut p: Vec<Tensor> = self.params.tensors.iter().map(|t| t.shallow_clone()).collect();
+        if let Some(sn) = &self.spectral {
+            for (s, &i) in sn.iter().zip(&CRITIC_WEIGHTS) {
+                p[i] = s.normalized(&self.params.tensors[i]);
+            }
+        }
+        p
     }
 
     /// Returns (features of the last convolution, flattened; critic output per sample).
     pub fn forward_features(&self, x: &Tensor) -> (Tensor, Tensor) {
-        let p = &self.params.tensors;
+        let p = &self.effective_params();
         let conv = |x: &Tensor, w: &Tensor, b: &Tensor| x.conv2d(w, Some(b), [2, 2], [2, 2], [1, 1], 1);
         let x = conv(x, &p[0], &p[1]).prelu(&self.slope);
         let x = conv(&x, &p[2], &p[3]).prelu(&self.slope);
@@ -125,7 +159,7 @@ mod tests {
     #[test]
     fn shapes_and_ranges() {
         tch::manual_seed(0);
-        let cfg = ModelConfig { dim: 8, latent: 16 };
+        let cfg = ModelConfig { dim: 8, latent: 16, ..Default::default() };
         let g = Generator::new(&cfg, Device::Cpu);
         let d = Critic::new(&cfg, Device::Cpu);
         let x = g.forward(&Tensor::randn([3, 16], (Kind::Float, Device::Cpu)));
@@ -139,7 +173,7 @@ mod tests {
     #[test]
     fn parameters_are_views_of_the_flat_buffer() {
         tch::manual_seed(0);
-        let d = Critic::new(&ModelConfig { dim: 4, latent: 8 }, Device::Cpu);
+        let d = Critic::new(&ModelConfig { dim: 4, latent: 8, ..Default::default() }, Device::Cpu);
         let before = d.params.get("fc.bias").double_value(&[0]);
         tch::no_grad(|| {
             let _ = d.params.flat.shallow_clone().g_add_scalar_(1.0);
@@ -149,11 +183,33 @@ mod tests {
         assert!(d.params.tensors.iter().all(|t| t.requires_grad()));
     }
 
+    /// With spectral normalisation on, after enough power iterations every weight the forward
+    /// pass uses has largest singular value 1 (checked by libtorch's SVD), and the raw weights
+    /// (and so the initialisation) are the same as without it.
+    #[test]
+    fn spectral_norm_makes_each_critic_weight_1_lipschitz() {
+        let cfg = ModelConfig { dim: 4, latent: 8, spectral_norm: true, sn_power_iterations: 50 };
+        tch::manual_seed(5);
+        let mut d = Critic::new(&cfg, Device::Cpu);
+        tch::manual_seed(5);
+        let plain = Critic::new(&ModelConfig { spectral_norm: false, ..cfg.clone() }, Device::Cpu);
+        assert!(d.params.flat.equal(&plain.params.flat));
+        d.power_iterate();
+        let eff = d.effective_params();
+        for &i in &CRITIC_WEIGHTS {
+            let (_, s, _) = eff[i].detach().flatten(1, -1).svd(true, true);
+            let top = s.double_value(&[0]);
+            assert!((top - 1.0).abs() < 1e-3, "weight {i}: top singular value {top}");
+            let (_, s_raw, _) = d.params.tensors[i].detach().flatten(1, -1).svd(true, true);
+            assert!((s_raw.double_value(&[0]) - 1.0).abs() > 1e-2, "the raw weight {i} is not already normalised");
+        }
+    }
+
     #[test]
     fn initialisation_matches_pytorch_bounds() {
         // PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the sample max approaches the bound.
         tch::manual_seed(1);
-        let g = Generator::new(&ModelConfig { dim: 16, latent: 128 }, Device::Cpu);
+        let g = Generator::new(&ModelConfig { dim: 16, latent: 128, ..Default::default() }, Device::Cpu);
         let w = g.params.get("fc.weight");
         let b = 1.0 / 128f64.sqrt();
         let m = w.abs().max().double_value(&[]);

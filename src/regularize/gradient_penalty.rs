@@ -11,13 +11,23 @@ pub struct Penalty {
     pub mean_grad_norm: Tensor,
 }
 
+/// Per-sample norms ||grad_x D(x)||_2 at the points `x`, differentiable in the critic's
+/// parameters (create_graph): the shared core of every gradient penalty.
+pub fn input_gradient_norms(critic: impl Fn(&Tensor) -> Tensor, x: &Tensor) -> Tensor {
+    let x = x.detach().set_requires_grad(true);
+    let out = critic(&x);
+    let grad = &Tensor::run_backward(&[out.sum(None)], &[&x], true, true)[0];
+    grad.flatten(1, -1).norm_scalaropt_dim(2, [1], false)
+}
+
+/// The random interpolates eps real + (1 - eps) fake.
+pub fn interpolates(real: &Tensor, fake: &Tensor, eps: &Tensor) -> Tensor {
+    eps * real + eps.neg().g_add_scalar(1.0) * fake
+}
+
 /// `critic` maps a batch to one output per sample; `eps` has shape (B, 1, ..., 1).
 pub fn two_sided(critic: impl Fn(&Tensor) -> Tensor, real: &Tensor, fake: &Tensor, eps: &Tensor) -> Penalty {
-    let mix: Tensor = eps * real + eps.neg().g_add_scalar(1.0) * fake;
-    let x_hat = mix.detach().set_requires_grad(true);
-    let out = critic(&x_hat);
-    let grad = &Tensor::run_backward(&[out.sum(None)], &[&x_hat], true, true)[0];
-    let norms = grad.flatten(1, -1).norm_scalaropt_dim(2, [1], false);
+    let norms = input_gradient_norms(critic, &interpolates(real, fake, eps));
     let value = (&norms - 1.0).square().mean(None);
     Penalty { value, mean_grad_norm: norms.detach().mean(None) }
 }

@@ -266,6 +266,13 @@ fn log_record(t: &Trainer, d: &UpdateStats, g: &UpdateStats, all_d: &[UpdateStat
         m.insert("g_grad_norm_clipped".into(), json!(c.norm_after));
         m.insert("g_clipped".into(), json!(c.clipped));
     }
+    for (prefix, h) in [("d", &t.health_d), ("g", &t.health_g)] {
+        let c = h.counts();
+        m.insert(format!("{prefix}_health"), json!(h.state().as_str()));
+        m.insert(format!("{prefix}_vanishing_updates"), json!(c.vanishing));
+        m.insert(format!("{prefix}_exploding_updates"), json!(c.exploding));
+        m.insert(format!("{prefix}_nonfinite_updates"), json!(c.non_finite));
+    }
     let d_clips = all_d.iter().filter(|s| s.clip.is_some_and(|c| c.clipped)).count();
     m.insert("d_clipped_updates".into(), json!(d_clips));
     m.insert("skipped_updates".into(), json!(t.skipped_updates));
@@ -278,8 +285,14 @@ fn log_record(t: &Trainer, d: &UpdateStats, g: &UpdateStats, all_d: &[UpdateStat
 
 fn progress_line(r: &Map<String, Value>) -> String {
     let f = |k: &str| r.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN);
+    let mut health = String::new();
+    for net in ["d", "g"] {
+        if let Some(s) = r.get(&format!("{net}_health")).and_then(|v| v.as_str()).filter(|s| *s != "healthy") {
+            health.push_str(&format!(" {net}-grad {s}"));
+        }
+    }
     format!(
-        "d_loss {:.4} g_loss {:.4} W {:.4} gp {:.4} |gd| {:.3} |gg| {:.3} {:.0} img/s",
+        "d_loss {:.4} g_loss {:.4} W {:.4} gp {:.4} |gd| {:.3} |gg| {:.3} {:.0} img/s{health}",
         f("d_loss"),
         f("g_loss"),
         f("wasserstein"),

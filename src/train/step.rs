@@ -1,16 +1,24 @@
 //! One training state and its updates: critic and generator phases, each ending in one
 //! all-reduce of one flat buffer (gradient, non-finite flag, loss scalars), then clipping
-//! and an Adam step that every rank takes or skips together.
+//! and an Adam step that every rank takes or skips together. Every loss term is built before
+//! that reduction; terms that depend on parameters only (L2, historical averaging) are added
+//! to the reduced gradient, and state (EMA, averages, spectral-norm vectors) is a function of
+//! rank-identical values, so it stays identical on every rank. Feature matching alone adds a
+//! small reduction of two mean feature vectors before its backward pass (exact global means).
 
 use crate::checkpoint::TensorMap;
 use crate::config::Config;
 use crate::data::sampler::{derive_seed, DistributedSampler};
 use crate::data::DeviceImages;
 use crate::dist::Collective;
+use crate::config::OptimKind;
+use crate::health::HealthMonitor;
+use crate::model::ema::Ema;
 use crate::model::{Critic, Generator};
 use crate::objective;
-use crate::optim::{clip_global_norm, Adam, ClipReport};
-use crate::regularize::gradient_penalty;
+use crate::optim::{clip_global_norm, clip_value, Adam, ClipReport};
+use crate::regularize::historical_average::HistoricalAverage;
+use crate::regularize::{self, feature_matching, weight_clip};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -25,6 +33,9 @@ pub mod purpose {
     pub const GENERATOR_NOISE: u64 = 4;
     pub const FIXED_NOISE: u64 = 5;
 }
+
+/// Checkpoint names of the generator's EMA weights: this prefix + the parameter name.
+pub const EMA_PREFIX: &str = "ema.generator.";
 
 /// What one update did, after the reduction (identical on every rank).
 #[derive(Debug, Clone, Default)]
@@ -70,6 +81,13 @@ pub struct Trainer {
     /// Multiplies both learning rates; lowered by each rollback.
     pub lr_scale: f64,
     pub allreduce: AllReduceStats,
+    /// Historical averages of the critic's and generator's parameters, when on.
+    pub hist_d: Option<HistoricalAverage>,
+    pub hist_g: Option<HistoricalAverage>,
+    /// The generator's EMA weights and a generator that runs on them, when on.
+    pub ema: Option<(Ema, Generator)>,
+    pub health_d: HealthMonitor,
+    pub health_g: HealthMonitor,
 }
 
 /// Cumulative cost of the all-reduces (zero in a single process).
@@ -88,6 +106,71 @@ impl AllReduceStats {
     }
 }
 
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Net {
+    Critic,
+    Generator,
+}
+
+impl Net {
+    /// Scalar-log names of (total loss, L2 term, historical-averaging term).
+    fn names(self) -> (&'static str, &'static str, &'static str) {
+        match self {
+            Net::Critic => ("d_loss", "d_l2", "d_hist_avg"),
+            Net::Generator => ("g_loss", "g_l2", "g_hist_avg"),
+        }
+    }
+}
+
+/// A loss assembled from named terms: total = sum of weight * term. Each term's unweighted
+/// value is logged under its name (the scalar log and the metrics read them by name), with
+/// diagnostics that are not part of the loss.
+struct LossTerms {
+    total_name: &'static str,
+    terms: Vec<(&'static str, Tensor, f64)>,
+    diagnostics: Vec<(&'static str, Tensor)>,
+}
+
+impl LossTerms {
+    fn new(total_name: &'static str) -> Self {
+        LossTerms { total_name, terms: Vec::new(), diagnostics: Vec::new() }
+    }
+
+    fn add(&mut self, name: &'static str, value: Tensor, weight: f64) {
+        self.terms.push((name, value, weight));
+    }
+
+    fn diagnostic(&mut self, name: &'static str, value: Tensor) {
+        self.diagnostics.push((name, value.detach()));
+    }
+
+    /// A term times its weight, if the loss has it.
+    fn weighted(&self, name: &str) -> Option<Tensor> {
+        self.terms.iter().find(|(n, _, _)| *n == name).map(|(_, v, w)| v * *w)
+    }
+
+    fn total(&self) -> Tensor {
+        let mut it = self.terms.iter().map(|(_, v, w)| if *w == 1.0 { v.shallow_clone() } else { v * *w });
+        let first = it.next().expect("a loss has at least one term");
+        it.fold(first, |acc, t| acc + t)
+    }
+
+    /// Names and detached values for the reduction: the total, each term, each diagnostic.
+    fn scalars(&self, total: &Tensor) -> (Vec<&'static str>, Vec<Tensor>) {
+        let mut names = vec![self.total_name];
+        let mut values = vec![total.detach()];
+        for (n, v, _) in &self.terms {
+            names.push(n);
+            values.push(v.detach());
+        }
+        for (n, v) in &self.diagnostics {
+            names.push(n);
+            values.push(v.shallow_clone());
+        }
+        (names, values)
+    }
+}
+
 impl Trainer {
     /// Builds both networks from the seed and makes every rank hold rank 0's parameters.
     pub fn new(cfg: Config, comm: Rc<dyn Collective>, device: Device, data: DeviceImages) -> Result<Self> {
@@ -103,8 +186,24 @@ impl Trainer {
         let generator = Generator::new(&cfg.model, device);
         let critic = Critic::new(&cfg.model, device);
         let o = &cfg.optim;
-        let opt_g = Adam::new(&generator.params.flat, o.lr_g, o.beta1, o.beta2, o.eps);
-        let opt_d = Adam::new(&critic.params.flat, o.lr_d, o.beta1, o.beta2, o.eps);
+        let (opt_g, opt_d) = match o.kind {
+            OptimKind::Adam => (
+                Adam::new(&generator.params.flat, o.lr_g, o.beta1, o.beta2, o.eps),
+                Adam::new(&critic.params.flat, o.lr_d, o.beta1, o.beta2, o.eps),
+            ),
+            OptimKind::Sgd => (Adam::sgd(&generator.params.flat, o.lr_g), Adam::sgd(&critic.params.flat, o.lr_d)),
+        };
+        let r = &cfg.regularize;
+        let hist_d = (r.hist_avg_d > 0.0).then(|| HistoricalAverage::new(&critic.params.flat, r.hist_avg_d));
+        let hist_g = (r.hist_avg_g > 0.0).then(|| HistoricalAverage::new(&generator.params.flat, r.hist_avg_g));
+        let ema = cfg.ema.enabled().then(|| {
+            // Its initial draw is overwritten at once; it comes after every seeded draw.
+            let g = Generator::new(&cfg.model, device);
+            g.params.load_flat(&generator.params.flat);
+            let ema = Ema { beta: cfg.ema.beta(cfg.data.batch_size), flat: g.params.flat.shallow_clone() };
+            (ema, g)
+        });
+        let (health_d, health_g) = (HealthMonitor::new(&cfg.health), HealthMonitor::new(&cfg.health));
         let sampler = DistributedSampler::new(data.n, global, comm.rank(), world, cfg.train.seed);
         let mut t = Trainer {
             local_batch: (global / world) as i64,
@@ -125,6 +224,11 @@ impl Trainer {
             critic_attempts: 0,
             lr_scale: 1.0,
             allreduce: AllReduceStats::default(),
+            hist_d,
+            hist_g,
+            ema,
+            health_d,
+            health_g,
         };
         t.broadcast_state()?;
         Ok(t)
@@ -142,15 +246,10 @@ impl Trainer {
         if self.comm.world_size() == 1 {
             return Ok(());
         }
-        for t in [
-            &self.generator.params.flat,
-            &self.critic.params.flat,
-            &self.opt_g.exp_avg,
-            &self.opt_g.exp_avg_sq,
-            &self.opt_d.exp_avg,
-            &self.opt_d.exp_avg_sq,
-        ] {
-            let mut t = t.shallow_clone();
+        // Every checkpointed tensor (parameters, moments, averages, spectral-norm vectors):
+        // each is a view of the live state, so broadcasting into it updates that state.
+        for (_, t) in self.state_tensors() {
+            let mut t = t;
             self.comm.broadcast(&mut t, 0)?;
         }
         Ok(())
@@ -171,33 +270,39 @@ impl Trainer {
     /// One critic update on data batch number `critic_step`.
     pub fn critic_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
         let c = self.critic_step;
+        self.critic.power_iterate();
         let idx = self.sampler.rank_indices(c);
         let real = self.data.batch(&idx);
         let z = self.noise(purpose::CRITIC_NOISE, c);
         let fake = tch::no_grad(|| self.generator.forward(&z));
-        let kind = self.cfg.loss.kind;
+        let lc = &self.cfg.loss;
         let critic = &self.critic;
         let real_out = critic.forward(&real);
         let fake_out = critic.forward(&fake);
-        let adv = objective::critic_loss(kind, &real_out, &fake_out);
-        let wdist = objective::wasserstein_estimate(&real_out, &fake_out).detach();
-        let lambda = self.cfg.loss.gp_lambda;
-        let (loss, gp, gp_norm) = if lambda > 0.0 {
-            let eps = self.draw_global(purpose::INTERPOLATION, c, |g| Tensor::rand([g, 1, 1, 1], (Kind::Float, real.device())));
-            let p = gradient_penalty::two_sided(|x| critic.forward(x), &real, &fake, &eps);
-            (&adv + &p.value * lambda, p.value.detach(), p.mean_grad_norm)
-        } else {
-            let zero = Tensor::zeros([], (Kind::Float, self.device));
-            (adv.shallow_clone(), zero.shallow_clone(), zero)
-        };
+        let mut terms = LossTerms::new("d_loss");
+        terms.add("d_adv", objective::critic_loss(lc.kind, lc.label_smoothing, &real_out, &fake_out), 1.0);
+        terms.diagnostic("wasserstein", objective::wasserstein_estimate(&real_out, &fake_out));
+        let weight = regularize::lazy_weight(lc.gp_lambda, lc.penalty_every, c);
+        if weight > 0.0 {
+            let eps = || self.draw_global(purpose::INTERPOLATION, c, |g| Tensor::rand([g, 1, 1, 1], (Kind::Float, real.device())));
+            if let Some(p) = regularize::penalty(lc.penalty, |x| critic.forward(x), &real, &fake, eps) {
+                terms.add("d_gp", p.value, weight);
+                terms.diagnostic("gp_grad_norm", p.mean_grad_norm);
+            }
+        }
+        let loss = terms.total();
         let faults = &self.cfg.faults;
-        let (flat, unreduced) = if faults.unreduced_penalty && lambda > 0.0 {
-            let g_adv = Tensor::run_backward(&[&adv], &critic.params.tensors, true, false);
-            let g_pen = Tensor::run_backward(&[&(&loss - &adv)], &critic.params.tensors, false, false);
-            (critic.params.flatten_grads(&g_adv), Some(critic.params.flatten_grads(&g_pen)))
-        } else {
-            let grads = Tensor::run_backward(&[&loss], &critic.params.tensors, false, false);
-            (critic.params.flatten_grads(&grads), None)
+        let (flat, unreduced) = match terms.weighted("d_gp").filter(|_| faults.unreduced_penalty) {
+            // A deliberately wrong trainer for the tests: the penalty's gradient stays local.
+            Some(penalty) => {
+                let g_rest = Tensor::run_backward(&[&(&loss - &penalty)], &critic.params.tensors, true, false);
+                let g_pen = Tensor::run_backward(&[&penalty], &critic.params.tensors, false, false);
+                (critic.params.flatten_grads(&g_rest), Some(critic.params.flatten_grads(&g_pen)))
+            }
+            None => {
+                let grads = Tensor::run_backward(&[&loss], &critic.params.tensors, false, false);
+                (critic.params.flatten_grads(&grads), None)
+            }
         };
         let rank = self.comm.rank() as i64;
         let attempt = self.critic_attempts;
@@ -205,47 +310,120 @@ impl Trainer {
         if faults.nan_critic_updates.contains(&attempt) && (faults.nan_rank < 0 || faults.nan_rank == rank) {
             let _ = flat.shallow_clone().fill_(f64::NAN);
         }
-        let names = ["d_loss", "d_adv", "d_gp", "wasserstein", "gp_grad_norm"];
-        let scalars = [loss.detach(), adv.detach(), gp, wdist, gp_norm];
+        let (names, scalars) = terms.scalars(&loss);
         let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
         if let Some(local) = unreduced {
             let _ = grad.shallow_clone().g_add_(&local);
         }
         self.critic_step += 1;
-        if stats.skipped {
-            self.skipped_updates += 1;
-            self.consecutive_skips.0 += 1;
-            self.longest_skip_streak = self.longest_skip_streak.max(self.consecutive_skips.0);
-        } else {
-            self.consecutive_skips.0 = 0;
-            let clip = clip_global_norm(&grad, self.cfg.clip.max_norm_d);
-            self.opt_d.step(&self.critic.params.flat, &grad);
-            stats.clip = Some(clip);
-        }
+        self.apply_update(Net::Critic, &grad, &mut stats);
         Ok(stats)
     }
 
     /// One generator update; its noise is keyed by the generator step.
     pub fn generator_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
+        self.critic.power_iterate();
         let z = self.noise(purpose::GENERATOR_NOISE, self.step);
         let fake = self.generator.forward(&z);
-        let fake_out = self.critic.forward(&fake);
-        let loss = objective::generator_loss(self.cfg.loss.kind, &fake_out);
+        let (fake_features, fake_out) = self.critic.forward_features(&fake);
+        let lc = self.cfg.loss.clone();
+        let mut terms = LossTerms::new("g_loss");
+        if lc.g_adversarial > 0.0 {
+            terms.add("g_adv", objective::generator_loss(lc.kind, &fake_out), lc.g_adversarial);
+        }
+        if lc.feature_matching > 0.0 {
+            terms.add("g_fm", self.feature_matching_term(&fake_features)?, lc.feature_matching);
+        }
+        let loss = terms.total();
         let grads = Tensor::run_backward(&[&loss], &self.generator.params.tensors, false, false);
         let flat = self.generator.params.flatten_grads(&grads);
-        let (grad, mut stats) = self.reduce(flat, &["g_loss"], &[loss.detach()], stop_requested)?;
+        let (names, scalars) = terms.scalars(&loss);
+        let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
         self.step += 1;
+        self.apply_update(Net::Generator, &grad, &mut stats);
+        Ok(stats)
+    }
+
+    /// Feature matching against the real batch of the preceding critic update, exact over the
+    /// global batch: the two mean feature vectors are all-reduced first (see
+    /// `regularize::feature_matching` for why a per-rank loss would not be).
+    fn feature_matching_term(&mut self, fake_features: &Tensor) -> Result<Tensor> {
+        let idx = self.sampler.rank_indices(self.critic_step.saturating_sub(1));
+        let real = self.data.batch(&idx);
+        let real_mean = tch::no_grad(|| feature_matching::batch_mean(&self.critic.forward_features(&real).0));
+        let fake_mean = feature_matching::batch_mean(fake_features);
+        let f = real_mean.size()[0];
+        let mut both = Tensor::cat(&[real_mean.shallow_clone(), fake_mean.detach()], 0);
+        let world = self.comm.world_size();
+        if world > 1 {
+            self.comm.all_reduce_sum(&mut both)?;
+            let _ = both.g_div_scalar_(world as f64);
+        }
+        Ok(feature_matching::loss(&both.narrow(0, 0, f), &both.narrow(0, f, f), &fake_mean))
+    }
+
+    /// Everything after the reduction, identical on every rank: parameter regularisers (added
+    /// to the reduced gradient, since they depend on parameters only), value and norm
+    /// clipping, the optimizer step, weight clipping, running averages, the health detector.
+    fn apply_update(&mut self, net: Net, grad: &Tensor, stats: &mut UpdateStats) {
+        let r = &self.cfg.regularize;
+        let (params, opt, hist, health, l2, max_norm, max_value) = match net {
+            Net::Critic => (&self.critic.params.flat, &mut self.opt_d, &mut self.hist_d, &mut self.health_d, r.l2_d, self.cfg.clip.max_norm_d, self.cfg.clip.value_d),
+            Net::Generator => (&self.generator.params.flat, &mut self.opt_g, &mut self.hist_g, &mut self.health_g, r.l2_g, self.cfg.clip.max_norm_g, self.cfg.clip.value_g),
+        };
+        let (total, l2_name, hist_name) = net.names();
         if stats.skipped {
             self.skipped_updates += 1;
-            self.consecutive_skips.1 += 1;
-            self.longest_skip_streak = self.longest_skip_streak.max(self.consecutive_skips.1);
-        } else {
-            self.consecutive_skips.1 = 0;
-            let clip = clip_global_norm(&grad, self.cfg.clip.max_norm_g);
-            self.opt_g.step(&self.generator.params.flat, &grad);
-            stats.clip = Some(clip);
+            let streak = match net {
+                Net::Critic => &mut self.consecutive_skips.0,
+                Net::Generator => &mut self.consecutive_skips.1,
+            };
+            *streak += 1;
+            self.longest_skip_streak = self.longest_skip_streak.max(*streak);
+            health.observe(f64::NAN);
+            return;
         }
-        Ok(stats)
+        match net {
+            Net::Critic => self.consecutive_skips.0 = 0,
+            Net::Generator => self.consecutive_skips.1 = 0,
+        }
+        // Logged unweighted, like every other term; the total gets weight * value.
+        let mut extra = 0.0;
+        if l2 > 0.0 {
+            let v = regularize::l2::apply(grad, params, l2);
+            stats.scalars.push((l2_name, v));
+            extra += l2 * v;
+        }
+        if let Some(h) = hist.as_ref() {
+            let v = h.apply(grad, params);
+            stats.scalars.push((hist_name, v));
+            extra += h.lambda * v;
+        }
+        if let Some(t) = stats.scalars.iter_mut().find(|(n, _)| *n == total) {
+            t.1 += extra;
+        }
+        let raw_norm = if max_value > 0.0 { Some(grad.norm().double_value(&[])) } else { None };
+        clip_value(grad, max_value);
+        let mut clip = clip_global_norm(grad, max_norm);
+        if let Some(n) = raw_norm {
+            clip.norm_before = n;
+            clip.clipped |= n != clip.norm_after;
+        }
+        opt.step(params, grad);
+        health.observe(clip.norm_before);
+        if net == Net::Critic && r.weight_clip > 0.0 {
+            weight_clip::clamp(params, r.weight_clip);
+        }
+        // The averages see the parameters as the step (and any clamp) left them.
+        if let Some(h) = hist.as_mut() {
+            h.record(params);
+        }
+        if net == Net::Generator {
+            if let Some((ema, _)) = self.ema.as_mut() {
+                ema.update(&self.generator.params.flat);
+            }
+        }
+        stats.clip = Some(clip);
     }
 
     /// n_critic critic updates then one generator update.
@@ -290,9 +468,14 @@ impl Trainer {
         Tensor::randn([n, self.cfg.model.latent], (Kind::Float, Device::Cpu)).to_device(self.device)
     }
 
-    /// Generated images for `z`, as bytes 0..255.
+    /// Generated images for `z`, as bytes 0..255 (from the EMA weights when EMA is on and
+    /// `ema.use_for_samples`).
     pub fn sample_bytes(&self, z: &Tensor) -> Vec<u8> {
-        tch::no_grad(|| crate::model::to_bytes(&self.generator.forward(z)))
+        let g = match &self.ema {
+            Some((_, g)) if self.cfg.ema.use_for_samples => g,
+            _ => &self.generator,
+        };
+        tch::no_grad(|| crate::model::to_bytes(&g.forward(z)))
     }
 
     /// Every tensor a checkpoint holds, with its expected shape.
@@ -300,6 +483,8 @@ impl Trainer {
         self.state_tensors().into_iter().map(|(k, t)| (k, t.size().iter().map(|&d| d as usize).collect())).collect()
     }
 
+    /// Every tensor a checkpoint holds, as views of the live state (so that loading and
+    /// broadcasting write through them).
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
         let mut out = Vec::new();
         for (prefix, params) in [("generator", &self.generator.params), ("critic", &self.critic.params)] {
@@ -310,6 +495,22 @@ impl Trainer {
         for (prefix, opt) in [("optim.generator", &self.opt_g), ("optim.critic", &self.opt_d)] {
             out.push((format!("{prefix}.exp_avg"), opt.exp_avg.shallow_clone()));
             out.push((format!("{prefix}.exp_avg_sq"), opt.exp_avg_sq.shallow_clone()));
+        }
+        for (prefix, h) in [("hist_avg.critic", &self.hist_d), ("hist_avg.generator", &self.hist_g)] {
+            if let Some(h) = h {
+                out.push((format!("{prefix}.mean"), h.mean.shallow_clone()));
+                out.push((format!("{prefix}.count"), h.count.shallow_clone()));
+            }
+        }
+        if let Some((_, g)) = &self.ema {
+            for (name, t) in g.params.names.iter().zip(&g.params.tensors) {
+                out.push((format!("{EMA_PREFIX}{name}"), t.detach()));
+            }
+        }
+        if let Some(sn) = &self.critic.spectral {
+            for (i, s) in sn.iter().enumerate() {
+                out.push((format!("critic.spectral_u.{i}"), s.u.shallow_clone()));
+            }
         }
         out
     }
@@ -354,4 +555,108 @@ impl Trainer {
 /// Seeds libtorch's generators for one derived stream.
 pub fn seed_stream(seed: u64, purpose: u64, counter: u64) {
     tch::manual_seed((derive_seed(seed, &[purpose, counter]) >> 1) as i64);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::data::Mnist;
+    use crate::dist::Local;
+
+    /// A trainer on 64 random images with a tiny model and the given overrides.
+    fn trainer(overrides: &[&str]) -> Trainer {
+        let mut all = vec!["model.dim=2", "model.latent=4", "data.batch_size=8", "train.n_critic=2", "train.device=\"cpu\""];
+        all.extend_from_slice(overrides);
+        let o: Vec<String> = all.iter().map(|s| s.to_string()).collect();
+        let cfg = Config::from_toml_str("", &o).unwrap();
+        let mut rng = crate::data::sampler::SplitMix64::new(9);
+        let n = 64;
+        let m = Mnist { images: (0..n * 784).map(|_| rng.below(256) as u8).collect(), labels: vec![0; n], n };
+        let data = DeviceImages::from_mnist(&m, Device::Cpu).unwrap();
+        Trainer::new(cfg, Rc::new(Local), Device::Cpu, data).unwrap()
+    }
+
+    fn values(t: &Tensor) -> Vec<f64> {
+        Vec::<f32>::try_from(&t.to_kind(Kind::Float)).unwrap().into_iter().map(f64::from).collect()
+    }
+
+    /// Through the trainer: the EMA after k generator updates equals the closed form over the
+    /// generator's recorded parameters, the historical average is their plain mean, and weight
+    /// clipping keeps every critic parameter inside [-c, c].
+    #[test]
+    fn running_state_follows_the_parameter_sequence() {
+        let mut t = trainer(&["ema.half_life_steps=2", "regularize.hist_avg_g=1e-3", "regularize.weight_clip=0.02"]);
+        let beta = 0.5f64.powf(0.5);
+        let mut seq = vec![values(&t.generator.params.flat)];
+        for _ in 0..4 {
+            let (cs, g) = t.iteration(false).unwrap();
+            assert!(!g.skipped && cs.iter().all(|s| !s.skipped));
+            seq.push(values(&t.generator.params.flat));
+            let max = t.critic.params.flat.abs().max().double_value(&[]);
+            assert!(max <= 0.02 + 1e-7, "critic parameter {max} outside the clip range");
+        }
+        let k = seq.len() - 1;
+        let ema = values(&t.ema.as_ref().unwrap().0.flat);
+        let hist = t.hist_g.as_ref().unwrap();
+        let mean = values(&hist.mean);
+        assert_eq!(hist.count.double_value(&[0]), (k + 1) as f64);
+        for j in (0..ema.len()).step_by(97) {
+            let mut want = beta.powi(k as i32) * seq[0][j];
+            for (i, s) in seq.iter().enumerate().skip(1) {
+                want += (1.0 - beta) * beta.powi((k - i) as i32) * s[j];
+            }
+            assert!((ema[j] - want).abs() < 1e-5, "ema[{j}] {} vs {want}", ema[j]);
+            let m = seq.iter().map(|s| s[j]).sum::<f64>() / seq.len() as f64;
+            assert!((mean[j] - m).abs() < 1e-5, "mean[{j}] {} vs {m}", mean[j]);
+        }
+        // The EMA generator is what samples come from.
+        let z = t.fixed_noise(2);
+        let from_ema = t.sample_bytes(&z);
+        let raw = tch::no_grad(|| crate::model::to_bytes(&t.generator.forward(&z)));
+        assert_ne!(from_ema, raw);
+    }
+
+    /// L2 adds 2 lambda theta to the reduced gradient and its value to the logged loss, and the
+    /// lazy penalty appears on every k-th critic update only.
+    #[test]
+    fn parameter_terms_and_lazy_penalty_are_logged() {
+        let mut t = trainer(&["regularize.l2_d=0.5", "loss.penalty_every=2"]);
+        let theta = t.critic.params.flat.detach().copy();
+        let sq = theta.square().sum(Kind::Float).double_value(&[]);
+        let s0 = t.critic_update(false).unwrap();
+        assert!((s0.get("d_l2").unwrap() - sq).abs() < 1e-4 * sq);
+        // Lazy weight 2 x gp_lambda 10 on even critic steps; L2 weight 0.5.
+        let total = s0.get("d_adv").unwrap() + 20.0 * s0.get("d_gp").unwrap() + 0.5 * sq;
+        assert!((s0.get("d_loss").unwrap() - total).abs() < 1e-4 * total.abs().max(1.0), "{s0:?}");
+        let s1 = t.critic_update(false).unwrap();
+        assert!(s1.get("d_gp").is_none() && s1.get("d_adv").is_some());
+    }
+
+    /// With SGD at learning rate 1, one critic step with L2 (lambda) and one without, from the
+    /// same state, differ by exactly the gradient term: -2 lambda theta.
+    #[test]
+    fn l2_and_historical_averaging_enter_the_gradient() {
+        let base = ["optim.kind=sgd", "optim.lr_d=1.0"];
+        let mut plain = trainer(&base);
+        let mut reg = trainer(&[base[0], base[1], "regularize.l2_d=0.25", "regularize.hist_avg_d=3.0"]);
+        let theta = plain.critic.params.flat.detach().copy();
+        plain.critic_update(false).unwrap();
+        reg.critic_update(false).unwrap();
+        // Historical averaging adds 2 * 3 (theta - mean) = 0 on the first step (mean = theta).
+        let diff = &reg.critic.params.flat - &plain.critic.params.flat;
+        let want = &theta * -0.5;
+        assert!((diff - want).abs().max().double_value(&[]) < 1e-5);
+        // On the second step the history term is 2 * 3 (theta_1 - (theta_0 + theta_1) / 2).
+        let mut reg2 = trainer(&[base[0], base[1], "regularize.hist_avg_d=3.0"]);
+        let mut plain2 = trainer(&base);
+        reg2.critic_update(false).unwrap();
+        plain2.critic_update(false).unwrap();
+        let t1 = reg2.critic.params.flat.detach().copy();
+        plain2.critic.params.load_flat(&t1);
+        reg2.critic_update(false).unwrap();
+        plain2.critic_update(false).unwrap();
+        let diff = &reg2.critic.params.flat - &plain2.critic.params.flat;
+        let want = (&t1 - (&theta + &t1) / 2.0) * -6.0;
+        assert!((diff - want).abs().max().double_value(&[]) < 1e-5);
+    }
 }
