@@ -2,7 +2,8 @@
 //!
 //! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
 //! `objective` (adversarial losses), `regularize` (penalties), `optim` (Adam, clipping),
-//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`.
+//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`,
+//! `metrics` (Prometheus registry and exporter), `plot` (PNG curves of the scalar log).
 
 pub mod bench;
 pub mod checkpoint;
@@ -10,9 +11,11 @@ pub mod config;
 pub mod data;
 pub mod dist;
 pub mod fsutil;
+pub mod metrics;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod plot;
 pub mod regularize;
 pub mod runlog;
 pub mod samples;

@@ -1,4 +1,4 @@
-//! The `gandist` command line: train, sample, data, bench.
+//! The `gandist` command line: train, sample, plot, data, bench.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -47,6 +47,11 @@ enum Command {
         format: SampleFormat,
         #[arg(long, default_value_t = 0)]
         seed: u64,
+    },
+    /// Write PNG plots of a run's losses and gradient norms (from its metrics.jsonl) into RUN_DIR/plots.
+    Plot {
+        /// The run directory.
+        run_dir: PathBuf,
     },
     /// Fetch or verify the MNIST files.
     Data {
@@ -122,6 +127,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sample { checkpoint, n, out, format, seed } => {
             sample(&checkpoint, n, &out, format, seed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plot { run_dir } => {
+            for f in gandist::plot::write_run_plots(&run_dir)? {
+                println!("{}", f.display());
+            }
             Ok(ExitCode::SUCCESS)
         }
         Command::Data { action } => {

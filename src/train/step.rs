@@ -11,6 +11,7 @@ use crate::model::{Critic, Generator};
 use crate::objective;
 use crate::optim::{clip_global_norm, Adam, ClipReport};
 use crate::regularize::gradient_penalty;
+use super::phases::{Phase, PhaseClock, PhaseTimes};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -36,6 +37,12 @@ pub struct UpdateStats {
     pub skipped: bool,
     /// Some rank asked to stop (signal); travels in the same reduction.
     pub stop_requested: bool,
+    /// L2 norm of each layer's reduced gradient before clipping (empty when skipped).
+    pub layer_norms: Vec<(String, f64)>,
+    /// This rank's time in each phase of the update.
+    pub phases: PhaseTimes,
+    /// Bytes this rank handed to the all-reduce (0 for a single process).
+    pub allreduce_bytes: u64,
 }
 
 impl UpdateStats {
@@ -132,10 +139,12 @@ impl Trainer {
 
     /// One critic update on data batch number `critic_step`.
     pub fn critic_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
+        let mut clock = PhaseClock::start();
         let c = self.critic_step;
         let idx = self.sampler.rank_indices(c);
         let real = self.data.batch(&idx);
         let z = self.noise(purpose::CRITIC_NOISE, c);
+        clock.lap(Phase::Data);
         let fake = tch::no_grad(|| self.generator.forward(&z));
         let kind = self.cfg.loss.kind;
         let critic = &self.critic;
@@ -152,39 +161,54 @@ impl Trainer {
             let zero = Tensor::zeros([], (Kind::Float, self.device));
             (adv.shallow_clone(), zero.shallow_clone(), zero)
         };
+        clock.lap(Phase::Forward);
         let grads = Tensor::run_backward(&[&loss], &critic.params.tensors, false, false);
         let flat = critic.params.flatten_grads(&grads);
+        clock.lap(Phase::Backward);
         let names = ["d_loss", "d_adv", "d_gp", "wasserstein", "gp_grad_norm"];
         let scalars = [loss.detach(), adv.detach(), gp, wdist, gp_norm];
         let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
+        clock.lap(Phase::Allreduce);
         self.critic_step += 1;
         if stats.skipped {
             self.skipped_updates += 1;
         } else {
+            stats.layer_norms = self.critic.params.layer_norms(&grad)?;
             let clip = clip_global_norm(&grad, self.cfg.clip.max_norm_d);
             self.opt_d.step(&self.critic.params.flat, &grad);
             stats.clip = Some(clip);
         }
+        clock.lap(Phase::Optimizer);
+        stats.phases = clock.times();
         Ok(stats)
     }
 
     /// One generator update; its noise is keyed by the generator step.
     pub fn generator_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
+        let mut clock = PhaseClock::start();
         let z = self.noise(purpose::GENERATOR_NOISE, self.step);
+        clock.lap(Phase::Data);
         let fake = self.generator.forward(&z);
         let fake_out = self.critic.forward(&fake);
         let loss = objective::generator_loss(self.cfg.loss.kind, &fake_out);
+        clock.lap(Phase::Forward);
         let grads = Tensor::run_backward(&[&loss], &self.generator.params.tensors, false, false);
         let flat = self.generator.params.flatten_grads(&grads);
-        let (grad, mut stats) = self.reduce(flat, &["g_loss"], &[loss.detach()], stop_requested)?;
+        clock.lap(Phase::Backward);
+        // The adversarial term is the whole generator loss until other terms join it.
+        let (grad, mut stats) = self.reduce(flat, &["g_loss", "g_adv"], &[loss.detach(), loss.detach()], stop_requested)?;
+        clock.lap(Phase::Allreduce);
         self.step += 1;
         if stats.skipped {
             self.skipped_updates += 1;
         } else {
+            stats.layer_norms = self.generator.params.layer_norms(&grad)?;
             let clip = clip_global_norm(&grad, self.cfg.clip.max_norm_g);
             self.opt_g.step(&self.generator.params.flat, &grad);
             stats.clip = Some(clip);
         }
+        clock.lap(Phase::Optimizer);
+        stats.phases = clock.times();
         Ok(stats)
     }
 
@@ -208,7 +232,9 @@ impl Trainer {
         parts.extend(scalars.iter().map(|s| s.to_kind(Kind::Float).view([1])));
         let mut buf = Tensor::cat(&parts, 0);
         let world = self.comm.world_size();
+        let mut allreduce_bytes = 0;
         if world > 1 {
+            allreduce_bytes = (buf.numel() * std::mem::size_of::<f32>()) as u64;
             self.comm.all_reduce_sum(&mut buf)?;
             let _ = buf.g_div_scalar_(world as f64);
         }
@@ -218,6 +244,8 @@ impl Trainer {
             clip: None,
             skipped: tail[0] > 0.0,
             stop_requested: tail[1] > 0.0,
+            allreduce_bytes,
+            ..UpdateStats::default()
         };
         Ok((buf.narrow(0, 0, n), stats))
     }

@@ -1,0 +1,170 @@
+//! Connects the training loop to the metrics: starts this rank's exporter and the run's
+//! Prometheus targets file, and turns each update's `UpdateStats` into metric values.
+
+use super::phases::Phase;
+use super::{Trainer, UpdateStats};
+use crate::config::MetricsConfig;
+use crate::dist::Collective;
+use crate::metrics::server::Server;
+use crate::metrics::{targets, Metrics, Net};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// A loss scalar of an update (`UpdateStats` name) and the (net, term) it is exported as.
+pub struct LossTerm {
+    pub key: &'static str,
+    pub net: Net,
+    pub term: &'static str,
+}
+
+/// Every loss term the trainer reports. A new term is one line here: Prometheus
+/// (`gandist_loss{net,term}`) and the loss plot both follow this table.
+pub const LOSS_TERMS: &[LossTerm] = &[
+    LossTerm { key: "d_loss", net: Net::Critic, term: "total" },
+    LossTerm { key: "d_adv", net: Net::Critic, term: "adversarial" },
+    LossTerm { key: "d_gp", net: Net::Critic, term: "gradient_penalty" },
+    LossTerm { key: "g_loss", net: Net::Generator, term: "total" },
+    LossTerm { key: "g_adv", net: Net::Generator, term: "adversarial" },
+];
+
+/// The port of this rank's exporter: `port_base + local_rank`, or 0 (any free port) for all.
+pub fn exporter_port(port_base: u16, local_rank: usize) -> Result<u16> {
+    if port_base == 0 {
+        return Ok(0);
+    }
+    match u16::try_from(port_base as usize + local_rank) {
+        Ok(p) => Ok(p),
+        Err(_) => bail!("metrics.port_base = {port_base} plus local rank {local_rank} is past port 65535: choose a lower metrics.port_base"),
+    }
+}
+
+/// `cpu` or `cuda:N`, as the build-info label.
+pub fn device_label(d: Device) -> String {
+    match d {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Cpu => "cpu".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// This rank's metrics and exporter, while the run lasts.
+pub struct Monitor {
+    pub metrics: Metrics,
+    server: Server,
+    /// Rank 0's targets file, emptied at a clean end.
+    targets_file: Option<PathBuf>,
+}
+
+impl Monitor {
+    /// Starts the exporter (failing when its port is taken), then gathers every rank's address
+    /// and has rank 0 write `<run_dir>/prometheus-targets.json`. A collective: every rank calls
+    /// it, and only when `cfg.enabled`.
+    pub fn start(cfg: &MetricsConfig, comm: &dyn Collective, device: Device, run_dir: &Path) -> Result<Monitor> {
+        let rank = comm.rank();
+        let port = exporter_port(cfg.port_base, comm.local_rank())?;
+        let metrics = Metrics::new(rank)?;
+        let server = Server::start(metrics.registry(), &cfg.host, port).with_context(|| {
+            format!(
+                "rank {rank}: metrics exporter (metrics.port_base = {} + local rank {}; metrics.port_base = 0 picks free ports)",
+                cfg.port_base,
+                comm.local_rank()
+            )
+        })?;
+        metrics.set_build_info(env!("CARGO_PKG_VERSION"), comm.backend_name(), &device_label(device));
+        metrics.set_world_size(comm.world_size());
+        let all = targets::gather(comm, &targets::advertised_host(&cfg.host), server.addr().port())?;
+        let targets_file = if rank == 0 {
+            let path = run_dir.join(targets::FILE_NAME);
+            let run = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            targets::write(&path, &all, &run)?;
+            eprintln!("metrics: ranks serve {}; Prometheus targets in {}", list(&all), path.display());
+            Some(path)
+        } else {
+            None
+        };
+        Ok(Monitor { metrics, server, targets_file })
+    }
+
+    /// Records one iteration: its critic updates, then its generator update.
+    pub fn record_iteration(&self, t: &Trainer, critic: &[UpdateStats], generator: &UpdateStats) {
+        let m = &self.metrics;
+        for s in critic {
+            self.record_update(Net::Critic, s, t.opt_d.lr);
+            if !s.skipped {
+                m.add_images(t.local_batch as u64);
+            }
+            if let Some(w) = s.get("wasserstein") {
+                m.set_wasserstein(w);
+            }
+            if let Some(n) = s.get("gp_grad_norm") {
+                m.set_gp_input_grad_norm(n);
+            }
+        }
+        self.record_update(Net::Generator, generator, t.opt_g.lr);
+        m.set_step(t.step);
+    }
+
+    fn record_update(&self, net: Net, s: &UpdateStats, lr: f64) {
+        let m = &self.metrics;
+        m.count_update(net, s.skipped);
+        for term in LOSS_TERMS.iter().filter(|t| t.net == net) {
+            if let Some(v) = s.get(term.key) {
+                m.set_loss(net, term.term, v);
+            }
+        }
+        if let Some(c) = s.clip {
+            m.set_grad_norms(net, c.norm_before, c.norm_after, c.clipped);
+        }
+        for (layer, v) in &s.layer_norms {
+            m.set_layer_grad_norm(net, layer, *v);
+        }
+        for p in Phase::ALL {
+            m.observe_phase(net, p.name(), s.phases.get(p));
+        }
+        m.add_allreduce_bytes(net, s.allreduce_bytes);
+        m.set_learning_rate(net, lr);
+    }
+
+    /// The exporter's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr()
+    }
+
+    /// At a clean end (finished or stopped on request): rank 0 empties the targets file, so that
+    /// alerting does not take the ended processes for ranks that died.
+    pub fn finish(self) -> Result<()> {
+        if let Some(p) = &self.targets_file {
+            targets::clear(p)?;
+        }
+        Ok(())
+    }
+}
+
+fn list(targets: &[targets::Target]) -> String {
+    targets.iter().map(|t| crate::metrics::server::display_addr(&t.host, t.port)).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_base_plus_local_rank_or_any() {
+        assert_eq!(exporter_port(9400, 0).unwrap(), 9400);
+        assert_eq!(exporter_port(9400, 3).unwrap(), 9403);
+        assert_eq!(exporter_port(0, 3).unwrap(), 0);
+        let e = exporter_port(65535, 1).unwrap_err().to_string();
+        assert!(e.contains("metrics.port_base = 65535"), "{e}");
+    }
+
+    #[test]
+    fn loss_terms_are_unique_and_snake_case() {
+        for (i, a) in LOSS_TERMS.iter().enumerate() {
+            assert!(a.term.chars().all(|c| c.is_ascii_lowercase() || c == '_'), "{}", a.term);
+            for b in &LOSS_TERMS[i + 1..] {
+                assert!(a.key != b.key && (a.net, a.term) != (b.net, b.term), "{} / {}", a.key, b.key);
+            }
+        }
+    }
+}
