@@ -221,7 +221,7 @@ pub fn encode(registry: &Registry) -> Result<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
 
     /// The value of the one sample of `family` whose labels include every `labels` pair.

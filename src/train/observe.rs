@@ -90,7 +90,7 @@ impl Monitor {
     pub fn record_iteration(&self, t: &Trainer, critic: &[UpdateStats], generator: &UpdateStats) {
         let m = &self.metrics;
         for s in critic {
-            self.record_update(Net::Critic, s, t.opt_d.lr);
+            record_update(m, Net::Critic, s, t.opt_d.lr);
             if !s.skipped {
                 m.add_images(t.local_batch as u64);
             }
@@ -101,31 +101,34 @@ impl Monitor {
                 m.set_gp_input_grad_norm(n);
             }
         }
-        self.record_update(Net::Generator, generator, t.opt_g.lr);
+        record_update(m, Net::Generator, generator, t.opt_g.lr);
         m.set_step(t.step);
     }
 
-    fn record_update(&self, net: Net, s: &UpdateStats, lr: f64) {
-        let m = &self.metrics;
-        m.count_update(net, s.skipped);
-        for term in LOSS_TERMS.iter().filter(|t| t.net == net) {
-            if let Some(v) = s.get(term.key) {
-                m.set_loss(net, term.term, v);
-            }
-        }
-        if let Some(c) = s.clip {
-            m.set_grad_norms(net, c.norm_before, c.norm_after, c.clipped);
-        }
-        for (layer, v) in &s.layer_norms {
-            m.set_layer_grad_norm(net, layer, *v);
-        }
-        for p in Phase::ALL {
-            m.observe_phase(net, p.name(), s.phases.get(p));
-        }
-        m.add_allreduce_bytes(net, s.allreduce_bytes);
-        m.set_learning_rate(net, lr);
-    }
+}
 
+/// One update's values into the metrics of its network.
+fn record_update(m: &Metrics, net: Net, s: &UpdateStats, lr: f64) {
+    m.count_update(net, s.skipped);
+    for term in LOSS_TERMS.iter().filter(|t| t.net == net) {
+        if let Some(v) = s.get(term.key) {
+            m.set_loss(net, term.term, v);
+        }
+    }
+    if let Some(c) = s.clip {
+        m.set_grad_norms(net, c.norm_before, c.norm_after, c.clipped);
+    }
+    for (layer, v) in &s.layer_norms {
+        m.set_layer_grad_norm(net, layer, *v);
+    }
+    for p in Phase::ALL {
+        m.observe_phase(net, p.name(), s.phases.get(p));
+    }
+    m.add_allreduce_bytes(net, s.allreduce_bytes);
+    m.set_learning_rate(net, lr);
+}
+
+impl Monitor {
     /// The exporter's address.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.server.addr()
@@ -156,6 +159,41 @@ mod tests {
         assert_eq!(exporter_port(0, 3).unwrap(), 0);
         let e = exporter_port(65535, 1).unwrap_err().to_string();
         assert!(e.contains("metrics.port_base = 65535"), "{e}");
+    }
+
+    #[test]
+    fn an_update_lands_in_its_networks_series() {
+        use crate::optim::ClipReport;
+        use crate::train::phases::PhaseTimes;
+        let m = Metrics::new(0).unwrap();
+        let s = UpdateStats {
+            scalars: vec![("d_loss", 8.5), ("d_adv", -1.5), ("d_gp", 1.0), ("g_loss", 99.0)],
+            clip: Some(ClipReport { norm_before: 12.0, norm_after: 10.0, clipped: true }),
+            layer_norms: vec![("conv1".into(), 3.0), ("fc".into(), 4.0)],
+            phases: PhaseTimes([0.001, 0.002, 0.003, 0.004, 0.005]),
+            allreduce_bytes: 400,
+            ..UpdateStats::default()
+        };
+        record_update(&m, Net::Critic, &s, 2e-4);
+        record_update(&m, Net::Critic, &UpdateStats { skipped: true, ..UpdateStats::default() }, 2e-4);
+        let text = m.encode().unwrap();
+        let v = |f: &str, l: &[(&str, &str)]| crate::metrics::tests::sample(&text, f, l).unwrap_or_else(|| panic!("{f} {l:?} in\n{text}"));
+        let critic = ("net", "critic");
+        assert_eq!(v("gandist_loss", &[critic, ("term", "total")]), 8.5);
+        assert_eq!(v("gandist_loss", &[critic, ("term", "adversarial")]), -1.5);
+        assert_eq!(v("gandist_loss", &[critic, ("term", "gradient_penalty")]), 1.0);
+        // A generator scalar in a critic update is not the critic's.
+        assert!(crate::metrics::tests::sample(&text, "gandist_loss", &[("net", "generator")]).is_none());
+        assert_eq!(v("gandist_grad_norm_before_clip", &[critic]), 12.0);
+        assert_eq!(v("gandist_grad_norm_after_clip", &[critic]), 10.0);
+        assert_eq!(v("gandist_clip_events_total", &[critic]), 1.0);
+        assert_eq!(v("gandist_layer_grad_norm", &[critic, ("layer", "fc")]), 4.0);
+        assert_eq!(v("gandist_updates_total", &[critic]), 1.0);
+        assert_eq!(v("gandist_nonfinite_skipped_updates_total", &[critic]), 1.0);
+        assert_eq!(v("gandist_allreduce_bytes_total", &[critic]), 400.0);
+        assert_eq!(v("gandist_learning_rate", &[critic]), 2e-4);
+        assert_eq!(v("gandist_step_phase_seconds_count", &[critic, ("phase", "optimizer")]), 2.0);
+        assert!((v("gandist_step_phase_seconds_sum", &[critic, ("phase", "backward")]) - 0.003).abs() < 1e-12);
     }
 
     #[test]
