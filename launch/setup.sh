@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Installs everything gandist needs on Debian/Ubuntu x86-64, idempotently:
 #   - system packages (as root): Open MPI, libclang (for the mpi crate's bindgen), Slurm,
-#     munge and Prometheus (for the tests), python3-venv;
+#     munge, Prometheus, npm, jq and curl (for the tests), python3-venv;
 #   - Rust, if cargo is missing (rustup);
 #   - torch 2.11.0 from PyPI into a venv in the cache directory (reused when present), unless
 #     LIBTORCH points at a libtorch 2.11.0.
@@ -16,6 +16,10 @@ ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1 || need_apt+=(li
 command -v slurmctld >/dev/null || need_apt+=(slurm-wlm)
 command -v munged >/dev/null || need_apt+=(munge)
 command -v prometheus >/dev/null || need_apt+=(prometheus)
+# npm: tests/system/prometheus.sh type-checks the Grafana dashboard with @grafana/schema.
+command -v npm >/dev/null || need_apt+=(npm)
+command -v jq >/dev/null || need_apt+=(jq)
+command -v curl >/dev/null || need_apt+=(curl)
 command -v pkg-config >/dev/null || need_apt+=(pkg-config)
 command -v cc >/dev/null || need_apt+=(build-essential)
 python3 -c 'import ensurepip, venv' 2>/dev/null || need_apt+=(python3-venv python3-pip)

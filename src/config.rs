@@ -231,7 +231,9 @@ pub struct DistConfig {
 pub struct MetricsConfig {
     /// Serve Prometheus metrics on host:port_base + local rank (false = no server).
     pub enabled: bool,
+    /// IP address to listen on: 127.0.0.1 for this machine only, 0.0.0.0 for cluster scraping.
     pub host: String,
+    /// Port of local rank 0; 0 lets every rank take any free port (the targets file lists them).
     pub port_base: u16,
 }
 
@@ -455,6 +457,12 @@ impl Config {
         check(self.train.checkpoint_every >= 1, "train.checkpoint_every", self.train.checkpoint_every, "at least 1")?;
         check(self.train.keep_checkpoints >= 1, "train.keep_checkpoints", self.train.keep_checkpoints, "at least 1")?;
         check(self.dist.timeout_seconds.is_finite() && self.dist.timeout_seconds > 0.0, "dist.timeout_seconds", self.dist.timeout_seconds, "a finite value > 0")?;
+        check(
+            self.metrics.host.parse::<std::net::IpAddr>().is_ok(),
+            "metrics.host",
+            format!("{:?}", self.metrics.host),
+            "an IP address such as \"127.0.0.1\" or \"0.0.0.0\"",
+        )?;
         parse_device_name(&self.train.device)
             .with_context(|| format!("train.device = {:?}", self.train.device))?;
         Ok(())
@@ -582,6 +590,8 @@ mod tests {
             ("ema.half_life_images=-5", "ema.half_life_images"),
             ("health.growth_factor=1", "health.growth_factor"),
             ("model.sn_power_iterations=0", "model.sn_power_iterations"),
+            ("metrics.host=localhost", "metrics.host"),
+            ("metrics.port_base=70000", "port_base"),
         ] {
             let e = err("", &[o]);
             assert!(e.contains(field), "{o}: {e}");

@@ -3,7 +3,8 @@
 //! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
 //! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers), `optim` (Adam, SGD,
 //! clipping), `health` (gradient-health detector), `ablation` (`gandist ablate`),
-//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`.
+//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`,
+//! `metrics` (Prometheus registry and exporter), `plot` (PNG curves of the scalar log).
 
 pub mod ablation;
 pub mod bench;
@@ -14,9 +15,11 @@ pub mod device;
 pub mod dist;
 pub mod fsutil;
 pub mod health;
+pub mod metrics;
 pub mod model;
 pub mod objective;
 pub mod optim;
+pub mod plot;
 pub mod regularize;
 pub mod runlog;
 pub mod samples;

@@ -1,4 +1,4 @@
-//! The `gandist` command line: train, sample, data, bench, ablate.
+//! The `gandist` command line: train, sample, plot, data, bench, ablate.
 
 use anyhow::{bail, Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
@@ -69,6 +69,11 @@ enum Command {
         /// Rebuild the report from the existing run directories, without training.
         #[arg(long)]
         report_only: bool,
+    },
+    /// Write PNG plots of a run's losses and gradient norms (from its metrics.jsonl) into RUN_DIR/plots.
+    Plot {
+        /// The run directory.
+        run_dir: PathBuf,
     },
     /// Fetch or verify the MNIST files.
     Data {
@@ -165,6 +170,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let failed = runs.iter().filter(|r| r.error.is_some()).count();
             if failed > 0 {
                 bail!("{failed} of {} ablation runs failed (see {})", runs.len(), opts.out.display());
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Plot { run_dir } => {
+            for f in gandist::plot::write_run_plots(&run_dir)? {
+                println!("{}", f.display());
             }
             Ok(ExitCode::SUCCESS)
         }

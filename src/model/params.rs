@@ -71,6 +71,25 @@ impl ParamSet {
         out
     }
 
+    /// L2 norm of each layer's part of a flat gradient laid out like `flat`, layers in order of
+    /// first appearance (a layer groups the parameters that `layer_of` maps to one name, e.g.
+    /// conv1.weight and conv1.bias). One host copy for all layers.
+    pub fn layer_norms(&self, flat_grad: &Tensor) -> Result<Vec<(String, f64)>, tch::TchError> {
+        let offsets = self.offsets();
+        let parts: Vec<Tensor> = offsets.iter().map(|&(o, n)| flat_grad.narrow(0, o, n).norm()).collect();
+        let per_param: Vec<f32> = Vec::try_from(&Tensor::stack(&parts, 0).to_device(Device::Cpu))?;
+        let mut layers: Vec<(String, f64)> = Vec::new();
+        for (name, norm) in self.names.iter().zip(per_param) {
+            let layer = super::layer_of(name);
+            let sq = (norm as f64) * (norm as f64);
+            match layers.iter_mut().find(|(l, _)| l == layer) {
+                Some((_, acc)) => *acc += sq,
+                None => layers.push((layer.to_string(), sq)),
+            }
+        }
+        Ok(layers.into_iter().map(|(l, sq)| (l, sq.sqrt())).collect())
+    }
+
     /// Concatenates per-parameter gradients into one flat tensor (missing ones as zeros).
     pub fn flatten_grads(&self, grads: &[Tensor]) -> Tensor {
         let parts: Vec<Tensor> = grads
@@ -85,5 +104,30 @@ impl ParamSet {
     pub fn load_flat(&self, values: &Tensor) {
         let mut flat = self.flat.shallow_clone();
         tch::no_grad(|| flat.copy_(values));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Layer norms of a gradient with known entries, against sums of squares by hand, and
+    /// their root sum of squares against the global norm.
+    #[test]
+    fn layer_norms_of_known_slices() {
+        let mut b = ParamBuilder::new(Device::Cpu);
+        b.uniform("a.weight", &[2, 2], 1.0);
+        b.uniform("a.bias", &[1], 1.0);
+        b.uniform("b.weight", &[3], 1.0);
+        let p = b.build();
+        // a: [1, 2, 3, 4] and [5]; b: [0, 3, 4].
+        let g = Tensor::from_slice(&[1.0f32, 2.0, 3.0, 4.0, 5.0, 0.0, 3.0, 4.0]);
+        let n = p.layer_norms(&g).unwrap();
+        assert_eq!(n.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
+        assert!((n[0].1 - 55f64.sqrt()).abs() < 1e-6, "{n:?}");
+        assert!((n[1].1 - 5.0).abs() < 1e-6, "{n:?}");
+        let global = g.norm().double_value(&[]);
+        let rss = n.iter().map(|(_, v)| v * v).sum::<f64>().sqrt();
+        assert!((rss - global).abs() < 1e-5 * global, "{rss} vs {global}");
     }
 }

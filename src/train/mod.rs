@@ -2,6 +2,8 @@
 //! generator phase, log, samples, checkpoint), and a clean stop on SIGTERM/SIGINT that every
 //! rank agrees on.
 
+pub mod observe;
+pub mod phases;
 pub mod step;
 
 use crate::checkpoint::{self, Meta};
@@ -126,6 +128,11 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
             );
         }
     }
+    // Before anything slow, so that a taken port fails the run at once.
+    let monitor = match cfg.metrics.enabled {
+        true => Some(observe::Monitor::start(&cfg.metrics, comm.as_ref(), device, &opts.run_dir)?),
+        false => None,
+    };
     let mut mnist = Mnist::load(&opts.data_dir, Split::Train)?;
     mnist.truncate(cfg.data.limit);
     let data = DeviceImages::from_mnist(&mnist, device)?;
@@ -169,6 +176,9 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
     let mut rollbacks = 0;
     while trainer.step < cfg.train.iterations {
         let (critic_stats, g_stats) = trainer.iteration(stop.load(Ordering::SeqCst))?;
+        if let Some(m) = &monitor {
+            m.record_iteration(&trainer, &critic_stats, &g_stats);
+        }
         let streak = std::mem::take(&mut trainer.longest_skip_streak);
         if streak >= cfg.train.max_consecutive_skips {
             // Every rank saw the same skips (the flag is reduced), so all roll back together.
@@ -233,6 +243,16 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         );
     }
     trainer.comm.barrier()?;
+    if let Some(m) = monitor {
+        m.finish()?;
+    }
+    if is_root {
+        // The curves without any server; a failure here must not fail a finished run.
+        match crate::plot::write_run_plots(&opts.run_dir) {
+            Ok(files) => eprintln!("plots: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")),
+            Err(e) => eprintln!("warning: cannot write plots: {e:#}"),
+        }
+    }
     Ok(outcome)
 }
 
@@ -260,6 +280,11 @@ fn log_record(t: &Trainer, d: &UpdateStats, g: &UpdateStats, all_d: &[UpdateStat
     if let Some(c) = d.clip {
         m.insert("d_grad_norm".into(), json!(c.norm_before));
         m.insert("d_grad_norm_clipped".into(), json!(c.norm_after));
+    }
+    for (prefix, s) in [("d", d), ("g", g)] {
+        for (layer, v) in &s.layer_norms {
+            m.insert(format!("{prefix}_grad_norm.{layer}"), json!(v));
+        }
     }
     if let Some(c) = g.clip {
         m.insert("g_grad_norm".into(), json!(c.norm_before));

@@ -19,6 +19,7 @@ use crate::objective;
 use crate::optim::{clip_global_norm, clip_value, Adam, ClipReport};
 use crate::regularize::historical_average::HistoricalAverage;
 use crate::regularize::{self, feature_matching, weight_clip};
+use super::phases::{Phase, PhaseClock, PhaseTimes};
 use anyhow::{bail, Result};
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -47,6 +48,12 @@ pub struct UpdateStats {
     pub skipped: bool,
     /// Some rank asked to stop (signal); travels in the same reduction.
     pub stop_requested: bool,
+    /// L2 norm of each layer's reduced gradient before clipping (empty when skipped).
+    pub layer_norms: Vec<(String, f64)>,
+    /// This rank's time in each phase of the update.
+    pub phases: PhaseTimes,
+    /// Bytes this rank handed to the all-reduce (0 for a single process).
+    pub allreduce_bytes: u64,
 }
 
 impl UpdateStats {
@@ -269,11 +276,13 @@ impl Trainer {
 
     /// One critic update on data batch number `critic_step`.
     pub fn critic_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
+        let mut clock = PhaseClock::start();
         let c = self.critic_step;
         self.critic.power_iterate();
         let idx = self.sampler.rank_indices(c);
         let real = self.data.batch(&idx);
         let z = self.noise(purpose::CRITIC_NOISE, c);
+        clock.lap(Phase::Data);
         let fake = tch::no_grad(|| self.generator.forward(&z));
         let lc = &self.cfg.loss;
         let critic = &self.critic;
@@ -291,6 +300,7 @@ impl Trainer {
             }
         }
         let loss = terms.total();
+        clock.lap(Phase::Forward);
         let faults = &self.cfg.faults;
         let (flat, unreduced) = match terms.weighted("d_gp").filter(|_| faults.unreduced_penalty) {
             // A deliberately wrong trainer for the tests: the penalty's gradient stays local.
@@ -310,20 +320,26 @@ impl Trainer {
         if faults.nan_critic_updates.contains(&attempt) && (faults.nan_rank < 0 || faults.nan_rank == rank) {
             let _ = flat.shallow_clone().fill_(f64::NAN);
         }
+        clock.lap(Phase::Backward);
         let (names, scalars) = terms.scalars(&loss);
         let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
+        clock.lap(Phase::Allreduce);
         if let Some(local) = unreduced {
             let _ = grad.shallow_clone().g_add_(&local);
         }
         self.critic_step += 1;
-        self.apply_update(Net::Critic, &grad, &mut stats);
+        self.apply_update(Net::Critic, &grad, &mut stats)?;
+        clock.lap(Phase::Optimizer);
+        stats.phases = clock.times();
         Ok(stats)
     }
 
     /// One generator update; its noise is keyed by the generator step.
     pub fn generator_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
+        let mut clock = PhaseClock::start();
         self.critic.power_iterate();
         let z = self.noise(purpose::GENERATOR_NOISE, self.step);
+        clock.lap(Phase::Data);
         let fake = self.generator.forward(&z);
         let (fake_features, fake_out) = self.critic.forward_features(&fake);
         let lc = self.cfg.loss.clone();
@@ -335,12 +351,17 @@ impl Trainer {
             terms.add("g_fm", self.feature_matching_term(&fake_features)?, lc.feature_matching);
         }
         let loss = terms.total();
+        clock.lap(Phase::Forward);
         let grads = Tensor::run_backward(&[&loss], &self.generator.params.tensors, false, false);
         let flat = self.generator.params.flatten_grads(&grads);
+        clock.lap(Phase::Backward);
         let (names, scalars) = terms.scalars(&loss);
         let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
+        clock.lap(Phase::Allreduce);
         self.step += 1;
-        self.apply_update(Net::Generator, &grad, &mut stats);
+        self.apply_update(Net::Generator, &grad, &mut stats)?;
+        clock.lap(Phase::Optimizer);
+        stats.phases = clock.times();
         Ok(stats)
     }
 
@@ -365,7 +386,7 @@ impl Trainer {
     /// Everything after the reduction, identical on every rank: parameter regularisers (added
     /// to the reduced gradient, since they depend on parameters only), value and norm
     /// clipping, the optimizer step, weight clipping, running averages, the health detector.
-    fn apply_update(&mut self, net: Net, grad: &Tensor, stats: &mut UpdateStats) {
+    fn apply_update(&mut self, net: Net, grad: &Tensor, stats: &mut UpdateStats) -> Result<()> {
         let r = &self.cfg.regularize;
         let (params, opt, hist, health, l2, max_norm, max_value) = match net {
             Net::Critic => (&self.critic.params.flat, &mut self.opt_d, &mut self.hist_d, &mut self.health_d, r.l2_d, self.cfg.clip.max_norm_d, self.cfg.clip.value_d),
@@ -381,12 +402,16 @@ impl Trainer {
             *streak += 1;
             self.longest_skip_streak = self.longest_skip_streak.max(*streak);
             health.observe(f64::NAN);
-            return;
+            return Ok(());
         }
         match net {
             Net::Critic => self.consecutive_skips.0 = 0,
             Net::Generator => self.consecutive_skips.1 = 0,
         }
+        stats.layer_norms = match net {
+            Net::Critic => self.critic.params.layer_norms(grad)?,
+            Net::Generator => self.generator.params.layer_norms(grad)?,
+        };
         // Logged unweighted, like every other term; the total gets weight * value.
         let mut extra = 0.0;
         if l2 > 0.0 {
@@ -424,6 +449,7 @@ impl Trainer {
             }
         }
         stats.clip = Some(clip);
+        Ok(())
     }
 
     /// n_critic critic updates then one generator update.
@@ -446,11 +472,13 @@ impl Trainer {
         parts.extend(scalars.iter().map(|s| s.to_kind(Kind::Float).view([1])));
         let mut buf = Tensor::cat(&parts, 0);
         let world = self.comm.world_size();
+        let mut allreduce_bytes = 0;
         if world > 1 {
+            allreduce_bytes = (buf.numel() * std::mem::size_of::<f32>()) as u64;
             let started = std::time::Instant::now();
             self.comm.all_reduce_sum(&mut buf)?;
             let _ = buf.g_div_scalar_(world as f64);
-            self.allreduce.record(started.elapsed().as_secs_f64(), buf.numel() as u64 * 4);
+            self.allreduce.record(started.elapsed().as_secs_f64(), allreduce_bytes);
         }
         let tail: Vec<f32> = Vec::try_from(&buf.narrow(0, n, 2 + scalars.len() as i64).to_device(Device::Cpu))?;
         let stats = UpdateStats {
@@ -458,6 +486,8 @@ impl Trainer {
             clip: None,
             skipped: tail[0] > 0.0,
             stop_requested: tail[1] > 0.0,
+            allreduce_bytes,
+            ..UpdateStats::default()
         };
         Ok((buf.narrow(0, 0, n), stats))
     }

@@ -1,0 +1,215 @@
+//! Connects the training loop to the metrics: starts this rank's exporter and the run's
+//! Prometheus targets file, and turns each update's `UpdateStats` into metric values.
+
+use super::phases::Phase;
+use super::{Trainer, UpdateStats};
+use crate::config::MetricsConfig;
+use crate::dist::Collective;
+use crate::metrics::server::Server;
+use crate::metrics::{targets, Metrics, Net};
+use anyhow::{bail, Context, Result};
+use std::path::{Path, PathBuf};
+use tch::Device;
+
+/// A loss scalar of an update (`UpdateStats` name) and the (net, term) it is exported as.
+pub struct LossTerm {
+    pub key: &'static str,
+    pub net: Net,
+    pub term: &'static str,
+}
+
+/// Every loss term the trainer reports. A new term is one line here: Prometheus
+/// (`gandist_loss{net,term}`) and the loss plot both follow this table.
+pub const LOSS_TERMS: &[LossTerm] = &[
+    LossTerm { key: "d_loss", net: Net::Critic, term: "total" },
+    LossTerm { key: "d_adv", net: Net::Critic, term: "adversarial" },
+    LossTerm { key: "d_gp", net: Net::Critic, term: "gradient_penalty" },
+    LossTerm { key: "g_loss", net: Net::Generator, term: "total" },
+    LossTerm { key: "d_l2", net: Net::Critic, term: "l2" },
+    LossTerm { key: "d_hist_avg", net: Net::Critic, term: "historical_averaging" },
+    LossTerm { key: "g_adv", net: Net::Generator, term: "adversarial" },
+    LossTerm { key: "g_fm", net: Net::Generator, term: "feature_matching" },
+    LossTerm { key: "g_l2", net: Net::Generator, term: "l2" },
+    LossTerm { key: "g_hist_avg", net: Net::Generator, term: "historical_averaging" },
+];
+
+/// The port of this rank's exporter: `port_base + local_rank`, or 0 (any free port) for all.
+pub fn exporter_port(port_base: u16, local_rank: usize) -> Result<u16> {
+    if port_base == 0 {
+        return Ok(0);
+    }
+    match u16::try_from(port_base as usize + local_rank) {
+        Ok(p) => Ok(p),
+        Err(_) => bail!("metrics.port_base = {port_base} plus local rank {local_rank} is past port 65535: choose a lower metrics.port_base"),
+    }
+}
+
+/// `cpu` or `cuda:N`, as the build-info label.
+pub fn device_label(d: Device) -> String {
+    match d {
+        Device::Cuda(i) => format!("cuda:{i}"),
+        Device::Cpu => "cpu".into(),
+        other => format!("{other:?}").to_lowercase(),
+    }
+}
+
+/// This rank's metrics and exporter, while the run lasts.
+pub struct Monitor {
+    pub metrics: Metrics,
+    server: Server,
+    /// Rank 0's targets file, emptied at a clean end.
+    targets_file: Option<PathBuf>,
+}
+
+impl Monitor {
+    /// Starts the exporter (failing when its port is taken), then gathers every rank's address
+    /// and has rank 0 write `<run_dir>/prometheus-targets.json`. A collective: every rank calls
+    /// it, and only when `cfg.enabled`.
+    pub fn start(cfg: &MetricsConfig, comm: &dyn Collective, device: Device, run_dir: &Path) -> Result<Monitor> {
+        let rank = comm.rank();
+        let port = exporter_port(cfg.port_base, comm.local_rank())?;
+        let metrics = Metrics::new(rank)?;
+        let server = Server::start(metrics.registry(), &cfg.host, port).with_context(|| {
+            format!(
+                "rank {rank}: metrics exporter (metrics.port_base = {} + local rank {}; metrics.port_base = 0 picks free ports)",
+                cfg.port_base,
+                comm.local_rank()
+            )
+        })?;
+        metrics.set_build_info(env!("CARGO_PKG_VERSION"), comm.backend_name(), &device_label(device));
+        metrics.set_world_size(comm.world_size());
+        let all = targets::gather(comm, &targets::advertised_host(&cfg.host), server.addr().port())?;
+        let targets_file = if rank == 0 {
+            let path = run_dir.join(targets::FILE_NAME);
+            let run = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
+            targets::write(&path, &all, &run)?;
+            eprintln!("metrics: ranks serve {}; Prometheus targets in {}", list(&all), path.display());
+            Some(path)
+        } else {
+            None
+        };
+        Ok(Monitor { metrics, server, targets_file })
+    }
+
+    /// Records one iteration: its critic updates, then its generator update.
+    pub fn record_iteration(&self, t: &Trainer, critic: &[UpdateStats], generator: &UpdateStats) {
+        let m = &self.metrics;
+        for s in critic {
+            record_update(m, Net::Critic, s, t.opt_d.lr);
+            if !s.skipped {
+                m.add_images(t.local_batch as u64);
+            }
+            if let Some(w) = s.get("wasserstein") {
+                m.set_wasserstein(w);
+            }
+            if let Some(n) = s.get("gp_grad_norm") {
+                m.set_gp_input_grad_norm(n);
+            }
+        }
+        record_update(m, Net::Generator, generator, t.opt_g.lr);
+        m.set_gradient_health(Net::Critic, t.health_d.state());
+        m.set_gradient_health(Net::Generator, t.health_g.state());
+        m.set_step(t.step);
+    }
+
+}
+
+/// One update's values into the metrics of its network.
+fn record_update(m: &Metrics, net: Net, s: &UpdateStats, lr: f64) {
+    m.count_update(net, s.skipped);
+    for term in LOSS_TERMS.iter().filter(|t| t.net == net) {
+        if let Some(v) = s.get(term.key) {
+            m.set_loss(net, term.term, v);
+        }
+    }
+    if let Some(c) = s.clip {
+        m.set_grad_norms(net, c.norm_before, c.norm_after, c.clipped);
+    }
+    for (layer, v) in &s.layer_norms {
+        m.set_layer_grad_norm(net, layer, *v);
+    }
+    for p in Phase::ALL {
+        m.observe_phase(net, p.name(), s.phases.get(p));
+    }
+    m.add_allreduce_bytes(net, s.allreduce_bytes);
+    m.set_learning_rate(net, lr);
+}
+
+impl Monitor {
+    /// The exporter's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr()
+    }
+
+    /// At a clean end (finished or stopped on request): rank 0 empties the targets file, so that
+    /// alerting does not take the ended processes for ranks that died.
+    pub fn finish(self) -> Result<()> {
+        if let Some(p) = &self.targets_file {
+            targets::clear(p)?;
+        }
+        Ok(())
+    }
+}
+
+fn list(targets: &[targets::Target]) -> String {
+    targets.iter().map(|t| crate::metrics::server::display_addr(&t.host, t.port)).collect::<Vec<_>>().join(", ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ports_are_base_plus_local_rank_or_any() {
+        assert_eq!(exporter_port(9400, 0).unwrap(), 9400);
+        assert_eq!(exporter_port(9400, 3).unwrap(), 9403);
+        assert_eq!(exporter_port(0, 3).unwrap(), 0);
+        let e = exporter_port(65535, 1).unwrap_err().to_string();
+        assert!(e.contains("metrics.port_base = 65535"), "{e}");
+    }
+
+    #[test]
+    fn an_update_lands_in_its_networks_series() {
+        use crate::optim::ClipReport;
+        use crate::train::phases::PhaseTimes;
+        let m = Metrics::new(0).unwrap();
+        let s = UpdateStats {
+            scalars: vec![("d_loss", 8.5), ("d_adv", -1.5), ("d_gp", 1.0), ("g_loss", 99.0)],
+            clip: Some(ClipReport { norm_before: 12.0, norm_after: 10.0, clipped: true }),
+            layer_norms: vec![("conv1".into(), 3.0), ("fc".into(), 4.0)],
+            phases: PhaseTimes([0.001, 0.002, 0.003, 0.004, 0.005]),
+            allreduce_bytes: 400,
+            ..UpdateStats::default()
+        };
+        record_update(&m, Net::Critic, &s, 2e-4);
+        record_update(&m, Net::Critic, &UpdateStats { skipped: true, ..UpdateStats::default() }, 2e-4);
+        let text = m.encode().unwrap();
+        let v = |f: &str, l: &[(&str, &str)]| crate::metrics::tests::sample(&text, f, l).unwrap_or_else(|| panic!("{f} {l:?} in\n{text}"));
+        let critic = ("net", "critic");
+        assert_eq!(v("gandist_loss", &[critic, ("term", "total")]), 8.5);
+        assert_eq!(v("gandist_loss", &[critic, ("term", "adversarial")]), -1.5);
+        assert_eq!(v("gandist_loss", &[critic, ("term", "gradient_penalty")]), 1.0);
+        // A generator scalar in a critic update is not the critic's.
+        assert!(crate::metrics::tests::sample(&text, "gandist_loss", &[("net", "generator")]).is_none());
+        assert_eq!(v("gandist_grad_norm_before_clip", &[critic]), 12.0);
+        assert_eq!(v("gandist_grad_norm_after_clip", &[critic]), 10.0);
+        assert_eq!(v("gandist_clip_events_total", &[critic]), 1.0);
+        assert_eq!(v("gandist_layer_grad_norm", &[critic, ("layer", "fc")]), 4.0);
+        assert_eq!(v("gandist_updates_total", &[critic]), 1.0);
+        assert_eq!(v("gandist_nonfinite_skipped_updates_total", &[critic]), 1.0);
+        assert_eq!(v("gandist_allreduce_bytes_total", &[critic]), 400.0);
+        assert_eq!(v("gandist_learning_rate", &[critic]), 2e-4);
+        assert_eq!(v("gandist_step_phase_seconds_count", &[critic, ("phase", "optimizer")]), 2.0);
+        assert!((v("gandist_step_phase_seconds_sum", &[critic, ("phase", "backward")]) - 0.003).abs() < 1e-12);
+    }
+
+    #[test]
+    fn loss_terms_are_unique_and_snake_case() {
+        for (i, a) in LOSS_TERMS.iter().enumerate() {
+            assert!(a.term.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{}", a.term);
+            for b in &LOSS_TERMS[i + 1..] {
+                assert!(a.key != b.key && (a.net, a.term) != (b.net, b.term), "{} / {}", a.key, b.key);
+            }
+        }
+    }
+}
