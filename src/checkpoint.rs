@@ -172,7 +172,7 @@ pub fn list(root: &Path) -> Vec<(u64, PathBuf)> {
         .flatten()
         .filter_map(|e| Some((parse_dir_name(e.file_name().to_str()?)?, e.path())))
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|c| std::cmp::Reverse(c.0));
     out
 }
 

@@ -6,7 +6,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use std::path::Path;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub model: ModelConfig,
@@ -250,25 +250,6 @@ pub struct FaultConfig {
     /// Keep the gradient penalty's gradient out of the all-reduce (each rank applies its own):
     /// a deliberately wrong trainer that the world-size tests must catch.
     pub unreduced_penalty: bool,
-}
-
-impl Default for Config {
-    fn default() -> Self {
-        Config {
-            model: ModelConfig::default(),
-            data: DataConfig::default(),
-            loss: LossConfig::default(),
-            optim: OptimConfig::default(),
-            clip: ClipConfig::default(),
-            train: TrainConfig::default(),
-            dist: DistConfig::default(),
-            metrics: MetricsConfig::default(),
-            regularize: RegularizeConfig::default(),
-            ema: EmaConfig::default(),
-            health: HealthConfig::default(),
-            faults: FaultConfig::default(),
-        }
-    }
 }
 
 impl Default for RegularizeConfig {

@@ -72,7 +72,7 @@ fn a_failed_checkpoint_write_keeps_the_previous_one() {
     // 100 KiB: enough for logs and sample grids, too little for the ~500 KB state file.
     let o = Command::new("bash")
         .arg("-c")
-        .arg(format!("ulimit -f 100; exec \"$0\" \"$@\""))
+        .arg("ulimit -f 100; exec \"$0\" \"$@\"")
         .arg(bin())
         .args(&resumed)
         .output()

@@ -47,7 +47,7 @@ pub struct DistributedSampler {
 impl DistributedSampler {
     /// `global_batch` must be a multiple of `world` and at most `n`.
     pub fn new(n: usize, global_batch: usize, rank: usize, world: usize, seed: u64) -> Self {
-        assert!(world > 0 && global_batch % world == 0 && global_batch <= n && rank < world);
+        assert!(world > 0 && global_batch.is_multiple_of(world) && global_batch <= n && rank < world);
         DistributedSampler { n, global_batch, rank, world, seed, cached_epoch: None, perm: Vec::new() }
     }
 

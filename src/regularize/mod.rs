@@ -37,7 +37,7 @@ pub fn penalty(
 pub fn lazy_weight(lambda: f64, every: u64, critic_step: u64) -> f64 {
     if every <= 1 {
         lambda
-    } else if critic_step % every == 0 {
+    } else if critic_step.is_multiple_of(every) {
         lambda * every as f64
     } else {
         0.0

@@ -183,7 +183,7 @@ impl Trainer {
     pub fn new(cfg: Config, comm: Rc<dyn Collective>, device: Device, data: DeviceImages) -> Result<Self> {
         let world = comm.world_size();
         let global = cfg.data.batch_size as usize;
-        if global % world != 0 {
+        if !global.is_multiple_of(world) {
             bail!("data.batch_size = {global} (the global batch) must be divisible by the number of ranks, {world}");
         }
         if global > data.n {
