@@ -16,5 +16,5 @@ for t in tests/system/*.sh; do
   echo "=== system test $t"
   if timeout 900 bash "$t"; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAILED: $t"; fi
 done
-echo "system tests: $passed passed, $failed failed"
+echo "system: $passed passed, $failed failed"
 [ "$failed" = 0 ]
