@@ -68,45 +68,6 @@ mod tests {
     /// double backward) against central finite differences in float64.
     #[test]
     fn conv_critic_matches_finite_differences() {
-        tch::manual_seed(3);
-        let w1 = (Tensor::randn([3, 1, 3, 3], opts()) * 0.5).set_requires_grad(true);
-        let w2 = (Tensor::randn([1, 3 * 3 * 3], opts()) * 0.3).set_requires_grad(true);
-        let slope = Tensor::from_slice(&[0.2f64]);
-        let real = Tensor::randn([4, 1, 6, 6], opts());
-        let fake = Tensor::randn([4, 1, 6, 6], opts());
-        let eps = Tensor::rand([4, 1, 1, 1], opts());
-        let critic = |w1: &Tensor, w2: &Tensor| {
-            let w1 = w1.shallow_clone();
-            let w2 = w2.shallow_clone();
-            let slope = slope.shallow_clone();
-            move |x: &Tensor| {
-                x.conv2d(&w1, None::<Tensor>, [2, 2], [1, 1], [1, 1], 1)
-                    .prelu(&slope)
-                    .flatten(1, -1)
-                    .matmul(&w2.tr())
-                    .view([-1])
-                    .square() // a smooth nonlinearity so that second-order terms matter
-            }
-        };
-        let p = two_sided(critic(&w1, &w2), &real, &fake, &eps);
-        let analytic = Tensor::run_backward(&[&p.value], &[&w1, &w2], false, false);
-        let h = 1e-6;
-        for (which, param) in [(0usize, &w1), (1, &w2)] {
-            let flat = param.detach().flatten(0, -1);
-            for i in [0i64, 4, 7, flat.numel() as i64 - 1] {
-                let mut vals = [0.0; 2];
-                for (k, sign) in [1.0, -1.0].iter().enumerate() {
-                    let shifted = flat.copy();
-                    let _ = shifted.get(i).g_add_scalar_(sign * h);
-                    let shifted = shifted.view(param.size().as_slice());
-                    let (a, b) = if which == 0 { (shifted, w2.detach()) } else { (w1.detach(), shifted) };
-                    vals[k] = two_sided(critic(&a, &b), &real, &fake, &eps).value.double_value(&[]);
-                }
-                let numeric = (vals[0] - vals[1]) / (2.0 * h);
-                let got = analytic[which].flatten(0, -1).double_value(&[i]);
-                // Central differences in f64 with h = 1e-6: truncation ~h^2, rounding ~1e-16/h.
-                assert!((got - numeric).abs() <= 1e-6 * numeric.abs().max(1.0), "param {which}[{i}]: {got} vs {numeric}");
-            }
-        }
+        crate::regularize::test_support::check_param_gradient(|critic, real, fake, eps| two_sided(critic, real, fake, eps).value, 1.0);
     }
 }
