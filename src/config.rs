@@ -17,6 +17,7 @@ pub struct Config {
     pub train: TrainConfig,
     pub dist: DistConfig,
     pub metrics: MetricsConfig,
+    pub eval: EvalConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -117,6 +118,18 @@ pub struct MetricsConfig {
     pub port_base: u16,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate sample quality every N generator updates (0 = never). Rank 0 evaluates while
+    /// the other ranks go on and then wait for it at their next all-reduce.
+    pub every: u64,
+    /// Samples per evaluation: small, since the evaluation stalls the update.
+    pub n: usize,
+    /// Classifier file ("" = classifier.safetensors in the MNIST folder).
+    pub classifier: String,
+}
+
 impl Default for Config {
     fn default() -> Self {
         Config {
@@ -128,6 +141,7 @@ impl Default for Config {
             train: TrainConfig::default(),
             dist: DistConfig::default(),
             metrics: MetricsConfig::default(),
+            eval: EvalConfig::default(),
         }
     }
 }
@@ -190,6 +204,12 @@ impl Default for MetricsConfig {
     }
 }
 
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { every: 0, n: 1000, classifier: String::new() }
+    }
+}
+
 impl Config {
     /// Reads a TOML file, applies `section.key=value` overrides, and validates the result.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
@@ -241,6 +261,7 @@ impl Config {
         check(self.train.sample_every >= 1, "train.sample_every", self.train.sample_every, "at least 1")?;
         check(self.train.checkpoint_every >= 1, "train.checkpoint_every", self.train.checkpoint_every, "at least 1")?;
         check(self.train.keep_checkpoints >= 1, "train.keep_checkpoints", self.train.keep_checkpoints, "at least 1")?;
+        check(self.eval.n >= 2, "eval.n", self.eval.n, "at least 2 (the Frechet distance needs a covariance)")?;
         parse_device_name(&self.train.device)
             .with_context(|| format!("train.device = {:?}", self.train.device))?;
         Ok(())
@@ -260,6 +281,7 @@ impl Config {
         c.train.keep_checkpoints = 0;
         c.dist = DistConfig::default();
         c.metrics = MetricsConfig::default();
+        c.eval = EvalConfig::default();
         hex::encode(Sha256::digest(c.to_toml().as_bytes()))
     }
 }
@@ -353,6 +375,7 @@ mod tests {
             ("optim.beta2=1.0", "optim.beta2"),
             ("clip.max_norm_d=nan", "clip.max_norm_d"),
             ("train.device=tpu", "train.device"),
+            ("eval.n=1", "eval.n"),
         ] {
             let e = err("", &[o]);
             assert!(e.contains(field), "{o}: {e}");
@@ -371,6 +394,7 @@ mod tests {
         let mut b = a.clone();
         b.train.iterations += 10;
         b.train.device = "cpu".into();
+        b.eval.every = 7;
         assert_eq!(a.trajectory_hash(), b.trajectory_hash());
         b.optim.lr_d *= 2.0;
         assert_ne!(a.trajectory_hash(), b.trajectory_hash());

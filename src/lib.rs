@@ -2,13 +2,14 @@
 //!
 //! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
 //! `objective` (adversarial losses), `regularize` (penalties), `optim` (Adam, clipping),
-//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`.
+//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`, `eval` (sample quality).
 
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
 pub mod data;
 pub mod dist;
+pub mod eval;
 pub mod fsutil;
 pub mod model;
 pub mod objective;

@@ -1,6 +1,6 @@
-//! The `gandist` command line: train, sample, data, bench.
+//! The `gandist` command line: train, sample, eval, classifier, data, bench.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gandist::config::Config;
 use gandist::data::mnist;
@@ -48,6 +48,33 @@ enum Command {
         #[arg(long, default_value_t = 0)]
         seed: u64,
     },
+    /// Sample quality of a checkpoint's generator or of an IDX file of samples: classifier-feature
+    /// FID against the MNIST test set, class histogram and coverage, confidence.
+    Eval {
+        /// A checkpoint directory, or a run directory (its newest checkpoint).
+        #[arg(long, conflicts_with = "samples", required_unless_present = "samples")]
+        checkpoint: Option<PathBuf>,
+        /// An IDX file of 28x28 images (n, 28, 28), raw or gzip, instead of a checkpoint.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// Samples to generate (default 10000); with --samples, use only the first N.
+        #[arg(long)]
+        n: Option<usize>,
+        /// Seed of the generator's noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Classifier file (default: <MNIST folder>/classifier.safetensors).
+        #[arg(long)]
+        classifier: Option<PathBuf>,
+    },
+    /// The MNIST classifier that `eval` uses.
+    Classifier {
+        #[command(subcommand)]
+        action: ClassifierAction,
+    },
     /// Fetch or verify the MNIST files.
     Data {
         #[command(subcommand)]
@@ -88,6 +115,36 @@ enum DataAction {
     },
 }
 
+#[derive(Subcommand)]
+enum ClassifierAction {
+    /// Train the LeNet-style classifier on MNIST (seeded) and save it with a checksum.
+    Train {
+        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Output file (default: <MNIST folder>/classifier.safetensors, where eval looks).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 3)]
+        epochs: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Train on the first N training images only (0 = all); for quick checks.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// CPU threads (0 = libtorch's default).
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
+        /// Refuse to save a classifier below this test accuracy.
+        #[arg(long, default_value_t = 0.99)]
+        min_accuracy: f64,
+    },
+}
+
 #[derive(Clone, Copy, ValueEnum)]
 enum SampleFormat {
     Png,
@@ -122,6 +179,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Sample { checkpoint, n, out, format, seed } => {
             sample(&checkpoint, n, &out, format, seed)?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Eval { checkpoint, samples, n, seed, data, classifier } => {
+            eval(checkpoint.as_deref(), samples.as_deref(), n, seed, data.as_deref(), classifier.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Classifier { action: ClassifierAction::Train { data, out, epochs, seed, batch, lr, limit, threads, min_accuracy } } => {
+            use gandist::eval::classifier::{self, Classifier, TrainOptions};
+            let dir = mnist::resolve_dir(data.as_deref());
+            let out = classifier::resolve_path(out.as_deref(), &dir);
+            if threads > 0 {
+                tch::set_num_threads(threads);
+            }
+            let device = train::select_device("auto", 0)?;
+            let opts = TrainOptions { epochs, batch_size: batch, lr, seed, limit };
+            let (net, report) = Classifier::train(&dir, &opts, device)?;
+            let acc = report.test_accuracy;
+            println!("test accuracy {:.4} ({} training images, {epochs} epochs, {:.1} s)", acc, report.train_images, report.seconds);
+            if acc < min_accuracy {
+                bail!("test accuracy {acc:.4} is below --min-accuracy {min_accuracy}: not saved (train longer, or lower --min-accuracy for a quick check)");
+            }
+            let info = [
+                ("test_accuracy", format!("{acc}")),
+                ("seed", seed.to_string()),
+                ("epochs", epochs.to_string()),
+                ("train_images", report.train_images.to_string()),
+                ("train_seconds", format!("{:.1}", report.seconds)),
+            ];
+            net.save(&out, &info)?;
+            println!("wrote {}", out.display());
             Ok(ExitCode::SUCCESS)
         }
         Command::Data { action } => {
@@ -166,41 +253,54 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u64) -> Result<()> {
-    use gandist::checkpoint;
     if n == 0 {
         bail!("--n must be at least 1");
     }
-    let dir = if checkpoint.join("meta.json").exists() {
-        checkpoint.to_path_buf()
-    } else {
-        checkpoint::list(&checkpoint.join("checkpoints"))
-            .first()
-            .map(|(_, p)| p.clone())
-            .with_context(|| format!("{} is neither a checkpoint directory (no meta.json) nor a run directory with checkpoints", checkpoint.display()))?
-    };
-    let meta_text = std::fs::read(dir.join("meta.json")).with_context(|| format!("cannot read {}", dir.join("meta.json").display()))?;
-    let meta: checkpoint::Meta = serde_json::from_slice(&meta_text).with_context(|| format!("{} is not a valid checkpoint meta.json", dir.display()))?;
-    let cfg = Config::from_toml_str(&meta.config, &[]).context("the checkpoint's embedded config")?;
     let device = train::select_device("auto", 0)?;
-    let g = gandist::model::Generator::new(&cfg.model, device);
-    let shapes = g
-        .params
-        .names
-        .iter()
-        .zip(&g.params.shapes)
-        .map(|(n, s)| (format!("generator.{n}"), s.iter().map(|&d| d as usize).collect()))
-        .collect();
-    let loaded = checkpoint::load(&dir, &shapes)?;
-    let flat: Vec<f32> = g.params.names.iter().flat_map(|n| loaded.tensors[&format!("generator.{n}")].1.clone()).collect();
-    g.params.load_flat(&tch::Tensor::from_slice(&flat).to_device(device));
+    let ck = gandist::checkpoint::load_generator(checkpoint, device)?;
     gandist::train::step::seed_stream(seed, gandist::train::step::purpose::FIXED_NOISE, 1);
-    let z = tch::Tensor::randn([n as i64, cfg.model.latent], (tch::Kind::Float, tch::Device::Cpu)).to_device(device);
-    let bytes = tch::no_grad(|| gandist::model::to_bytes(&g.forward(&z)));
+    let z = tch::Tensor::randn([n as i64, ck.config.model.latent], (tch::Kind::Float, tch::Device::Cpu)).to_device(device);
+    let bytes = tch::no_grad(|| gandist::model::to_bytes(&ck.generator.forward(&z)));
     let side = mnist::SIDE;
     match format {
         SampleFormat::Png => gandist::samples::write_grid_png(out, &bytes, n, side)?,
         SampleFormat::Idx => gandist::samples::write_idx(out, &bytes, n, side)?,
     }
-    eprintln!("wrote {n} samples from {} (step {}) to {}", dir.display(), meta.step, out.display());
+    eprintln!("wrote {n} samples from {} (step {}) to {}", ck.dir.display(), ck.meta.step, out.display());
+    Ok(())
+}
+
+fn eval(checkpoint: Option<&Path>, samples: Option<&Path>, n: Option<usize>, seed: u64, data: Option<&Path>, classifier: Option<&Path>) -> Result<()> {
+    use gandist::eval::{self, classifier as cls, Evaluator};
+    if n == Some(0) {
+        bail!("--n must be at least 2");
+    }
+    let data_dir = mnist::resolve_dir(data);
+    let device = train::select_device("auto", 0)?;
+    // Check the inputs before the classifier pass over the test set.
+    let (images, source) = match (checkpoint, samples) {
+        (Some(c), _) => {
+            let ck = gandist::checkpoint::load_generator(c, device)?;
+            let n = n.unwrap_or(10_000);
+            (eval::generate(&ck.generator, n, seed), format!("{} (step {}), {n} samples, seed {seed}", ck.dir.display(), ck.meta.step))
+        }
+        (None, Some(p)) => {
+            let idx = gandist::data::idx::read_idx(p, 3)?;
+            let side = mnist::SIDE;
+            if idx.dims[1] != side || idx.dims[2] != side {
+                bail!("{}: images are {}x{}, expected {side}x{side} (MNIST-sized)", p.display(), idx.dims[1], idx.dims[2]);
+            }
+            let count = n.map_or(idx.dims[0], |n| n.min(idx.dims[0]));
+            let bytes = &idx.data[..count * side * side];
+            (eval::bytes_to_images(bytes, count, 1)?, format!("{} ({count} of {} images)", p.display(), idx.dims[0]))
+        }
+        (None, None) => bail!("give --checkpoint or --samples"),
+    };
+    let path = cls::resolve_path(classifier, &data_dir);
+    let evaluator = Evaluator::load(&path, &data_dir, device)?;
+    let report = evaluator.evaluate(&images)?;
+    println!("{source}");
+    print!("{}", report.table());
+    println!("{}", serde_json::Value::Object(report.to_json()));
     Ok(())
 }

@@ -24,6 +24,8 @@ pub mod purpose {
     pub const INTERPOLATION: u64 = 3;
     pub const GENERATOR_NOISE: u64 = 4;
     pub const FIXED_NOISE: u64 = 5;
+    /// Noise for sample-quality evaluation (the same at every evaluation, for comparability).
+    pub const EVAL_NOISE: u64 = 6;
 }
 
 /// What one update did, after the reduction (identical on every rank).
