@@ -242,7 +242,7 @@ pub fn load_generator(path: &Path, device: tch::Device) -> Result<GeneratorCheck
     let meta: Meta = serde_json::from_slice(&meta_text).with_context(|| format!("{} is not a valid checkpoint meta.json", meta_path.display()))?;
     let config = crate::config::Config::from_toml_str(&meta.config, &[])
         .with_context(|| format!("the configuration embedded in {}", meta_path.display()))?;
-    let generator = crate::model::Generator::new(&config.model, device);
+    let generator = crate::model::Generator::with_channels(&config.model, config.data.dataset.channels(), device);
     let params = &generator.params;
     let shapes = params
         .names

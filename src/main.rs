@@ -125,12 +125,13 @@ enum ClassifierAction {
         /// Output file (default: <MNIST folder>/classifier.safetensors, where eval looks).
         #[arg(long)]
         out: Option<PathBuf>,
-        #[arg(long, default_value_t = 3)]
+        #[arg(long, default_value_t = 4)]
         epochs: usize,
         #[arg(long, default_value_t = 0)]
         seed: u64,
         #[arg(long, default_value_t = 128)]
         batch: usize,
+        /// Adam's learning rate in the first epoch (halved after each epoch).
         #[arg(long, default_value_t = 1e-3)]
         lr: f64,
         /// Train on the first N training images only (0 = all); for quick checks.
@@ -261,10 +262,10 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
     gandist::train::step::seed_stream(seed, gandist::train::step::purpose::FIXED_NOISE, 1);
     let z = tch::Tensor::randn([n as i64, ck.config.model.latent], (tch::Kind::Float, tch::Device::Cpu)).to_device(device);
     let bytes = tch::no_grad(|| gandist::model::to_bytes(&ck.generator.forward(&z)));
-    let side = mnist::SIDE;
+    let (side, ch) = (mnist::SIDE, ck.generator.channels as usize);
     match format {
-        SampleFormat::Png => gandist::samples::write_grid_png(out, &bytes, n, side)?,
-        SampleFormat::Idx => gandist::samples::write_idx(out, &bytes, n, side)?,
+        SampleFormat::Png => gandist::samples::write_grid(out, &bytes, n, ch, side)?,
+        SampleFormat::Idx => gandist::samples::write_idx_channels(out, &bytes, n, ch, side)?,
     }
     eprintln!("wrote {n} samples from {} (step {}) to {}", ck.dir.display(), ck.meta.step, out.display());
     Ok(())
@@ -285,14 +286,9 @@ fn eval(checkpoint: Option<&Path>, samples: Option<&Path>, n: Option<usize>, see
             (eval::generate(&ck.generator, n, seed), format!("{} (step {}), {n} samples, seed {seed}", ck.dir.display(), ck.meta.step))
         }
         (None, Some(p)) => {
-            let idx = gandist::data::idx::read_idx(p, 3)?;
-            let side = mnist::SIDE;
-            if idx.dims[1] != side || idx.dims[2] != side {
-                bail!("{}: images are {}x{}, expected {side}x{side} (MNIST-sized)", p.display(), idx.dims[1], idx.dims[2]);
-            }
-            let count = n.map_or(idx.dims[0], |n| n.min(idx.dims[0]));
-            let bytes = &idx.data[..count * side * side];
-            (eval::bytes_to_images(bytes, count, 1)?, format!("{} ({count} of {} images)", p.display(), idx.dims[0]))
+            let (images, total) = eval::read_samples(p, n)?;
+            let count = images.size()[0];
+            (images, format!("{} ({count} of {total} images)", p.display()))
         }
         (None, None) => bail!("give --checkpoint or --samples"),
     };

@@ -187,3 +187,58 @@ fn clear_errors_for_bad_inputs() {
     // Neither input.
     fails(&["eval", "--data", d], &["--checkpoint"]);
 }
+
+#[test]
+fn stacked_mnist_training_and_mode_count() {
+    let data = mnist_dir();
+    let d = data.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let cfg = smoke_config();
+    ok(&["train", "--config", cfg.to_str().unwrap(), "--data", d, "--run-dir", run.to_str().unwrap(), "--set", "data.dataset=stacked-mnist"]);
+    let png = image::open(run.join("samples/latest.png")).unwrap();
+    assert_eq!(png.color(), image::ColorType::Rgb8, "stacked samples are RGB grids");
+    // eval detects the 3-channel generator from the checkpoint's config.
+    let m = eval_json(&["--checkpoint", run.to_str().unwrap(), "--n", "100"]);
+    assert!(m["modes_covered"].as_u64().unwrap() >= 1 && m["kl_modes"].as_f64().unwrap().is_finite(), "{m:?}");
+    let per_digit: u64 = m["class_histogram"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).sum();
+    assert_eq!(per_digit, 300, "each of the 3 channels is classified");
+    // `sample --format idx` writes (n, 3, 28, 28), which `eval --samples` reads back.
+    let idx = tmp.path().join("s.idx");
+    ok(&["sample", "--checkpoint", run.to_str().unwrap(), "--n", "20", "--format", "idx", "--out", idx.to_str().unwrap()]);
+    assert_eq!(eval_json(&["--samples", idx.to_str().unwrap()])["eval_n"].as_u64(), Some(20));
+
+    // Real test digits stacked at random: the mode count must agree with the one the true
+    // labels give (the classifier errs on a few percent of digits, so on ~10% of triples,
+    // which moves few triples out of the set of covered modes when most are covered).
+    let test = gandist::data::Mnist::load(&data, gandist::data::Split::Test).unwrap();
+    let px = 28 * 28;
+    let mut rng = gandist::data::sampler::SplitMix64::new(3);
+    let n = 3000;
+    let mut bytes = Vec::with_capacity(n * 3 * px);
+    let mut true_modes = std::collections::BTreeSet::new();
+    for _ in 0..n {
+        let mut mode = 0;
+        for _ in 0..3 {
+            let i = rng.below(test.n as u64) as usize;
+            bytes.extend_from_slice(&test.images[i * px..(i + 1) * px]);
+            mode = mode * 10 + test.labels[i] as usize;
+        }
+        true_modes.insert(mode);
+    }
+    let p = tmp.path().join("stacked.idx");
+    gandist::samples::write_idx_channels(&p, &bytes, n, 3, 28).unwrap();
+    let m = eval_json(&["--samples", p.to_str().unwrap()]);
+    let (got, want) = (m["modes_covered"].as_u64().unwrap() as f64, true_modes.len() as f64);
+    // 3000 uniform draws over 1000 modes cover about 1000 (1 - e^-3) = 950.
+    assert!(want > 900.0, "{want}");
+    assert!((got - want).abs() < 0.05 * want, "modes: classifier {got}, true labels {want}");
+    assert!(m["kl_modes"].as_f64().unwrap() < 0.5, "{m:?}");
+
+    // One triple repeated: one mode, KL = ln 1000.
+    let one: Vec<u8> = bytes[..3 * px].repeat(50);
+    gandist::samples::write_idx_channels(&p, &one, 50, 3, 28).unwrap();
+    let m = eval_json(&["--samples", p.to_str().unwrap()]);
+    assert_eq!(m["modes_covered"].as_u64(), Some(1));
+    assert!((m["kl_modes"].as_f64().unwrap() - 1000f64.ln()).abs() < 1e-9);
+}

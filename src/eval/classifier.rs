@@ -3,6 +3,7 @@
 
 use crate::data::mnist::{Mnist, Split, SIDE};
 use crate::data::sampler::{derive_seed, epoch_permutation};
+use super::frechet::Gaussian;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use sha2::{Digest, Sha256};
@@ -16,6 +17,10 @@ use tch::{Device, Kind, Tensor};
 pub const DEFAULT_FILE: &str = "classifier.safetensors";
 /// Written into the file's metadata; a file without it is not ours.
 const FORMAT: &str = "gandist-mnist-classifier-v1";
+/// Names of the stored feature statistics of the MNIST test set (float64), the FID reference.
+const REF_MEAN: &str = "reference.mean";
+const REF_COV: &str = "reference.cov";
+const REF_N: &str = "reference.n";
 /// Width of the penultimate layer, whose activations are the FID features.
 pub const FEATURES: i64 = 128;
 /// Images per forward pass when classifying many (bounds memory, not results).
@@ -25,6 +30,9 @@ const CHUNK: i64 = 1000;
 /// -> linear 1600 -> 128 -> ReLU (the features) -> linear 128 -> 10 (logits).
 pub struct Classifier {
     pub vs: nn::VarStore,
+    /// Feature statistics of the MNIST test set, computed after training and stored with the
+    /// weights, so that an evaluation needs no pass over the test set.
+    pub reference: Option<Gaussian>,
     conv1: nn::Conv2D,
     conv2: nn::Conv2D,
     fc1: nn::Linear,
@@ -36,6 +44,7 @@ pub struct Classifier {
 pub struct TrainOptions {
     pub epochs: usize,
     pub batch_size: usize,
+    /// Adam's learning rate in the first epoch; it halves after each epoch.
     pub lr: f64,
     pub seed: u64,
     /// Train on the first N training images only (0 = all 60000); for tests.
@@ -44,7 +53,7 @@ pub struct TrainOptions {
 
 impl Default for TrainOptions {
     fn default() -> Self {
-        TrainOptions { epochs: 3, batch_size: 128, lr: 1e-3, seed: 0, limit: 0 }
+        TrainOptions { epochs: 4, batch_size: 128, lr: 1e-3, seed: 0, limit: 0 }
     }
 }
 
@@ -83,7 +92,7 @@ impl Classifier {
         let conv2 = nn::conv2d(&root / "conv2", 32, 64, 5, Default::default());
         let fc1 = nn::linear(&root / "fc1", 64 * 5 * 5, FEATURES, Default::default());
         let fc2 = nn::linear(&root / "fc2", FEATURES, 10, Default::default());
-        Classifier { vs, conv1, conv2, fc1, fc2 }
+        Classifier { vs, reference: None, conv1, conv2, fc1, fc2 }
     }
 
     pub fn device(&self) -> Device {
@@ -141,6 +150,8 @@ impl Classifier {
         let mut opt = nn::Adam::default().build(&net.vs, opts.lr)?;
         let start = Instant::now();
         for epoch in 0..opts.epochs {
+            // Halving the step each epoch: a constant 1e-3 for 3 epochs measured 98.8%.
+            opt.set_lr(opts.lr * 0.5f64.powi(epoch as i32));
             let perm = epoch_permutation(train.n, derive_seed(opts.seed, &[1, epoch as u64]));
             for chunk in perm.chunks(opts.batch_size) {
                 let idx = Tensor::from_slice(&chunk.iter().map(|&i| i as i64).collect::<Vec<_>>()).to_device(device);
@@ -153,19 +164,31 @@ impl Classifier {
         let tx = images_to_tensor(&test.images, test.n)?;
         let ty = Tensor::from_slice(&test.labels).to_kind(Kind::Int64);
         let test_accuracy = net.accuracy(&tx, &ty);
+        let mut net = net;
+        net.reference = Some(Gaussian::of_features(&net.outputs(&tx).features)?);
         Ok((net, TrainReport { test_accuracy, seconds, train_images: train.n }))
     }
 
-    /// Writes the weights atomically, with the format tag, a SHA-256 of the weights and
-    /// `info` (accuracy, seed, ...) in the safetensors metadata.
+    /// Writes the weights (and the test-set reference statistics, when present) atomically,
+    /// with the format tag, a SHA-256 of all tensors and `info` (accuracy, seed, ...) in the
+    /// safetensors metadata.
     pub fn save(&self, path: &Path, info: &[(&str, String)]) -> Result<()> {
-        let tensors = self.named_f32()?;
+        let mut tensors = Vec::new();
+        for (name, t) in self.vs.variables() {
+            tensors.push((name, tensor_bytes(&t)?));
+        }
+        if let Some(r) = &self.reference {
+            tensors.push((REF_MEAN.into(), tensor_bytes(&r.mean)?));
+            tensors.push((REF_COV.into(), tensor_bytes(&r.cov)?));
+            tensors.push((REF_N.into(), tensor_bytes(&Tensor::from_slice(&[r.n as f64]))?));
+        }
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
         let mut meta: HashMap<String, String> = info.iter().map(|(k, v)| (k.to_string(), v.clone())).collect();
         meta.insert("format".into(), FORMAT.into());
-        meta.insert("weights_sha256".into(), weights_sha256(tensors.iter().map(|(n, s, d)| (n.as_str(), s.as_slice(), f32_bytes(d)))));
+        meta.insert("tensors_sha256".into(), tensors_sha256(tensors.iter().map(|(n, (_, s, d))| (n.as_str(), s.as_slice(), d.as_slice()))));
         let views: Vec<(String, TensorView)> = tensors
             .iter()
-            .map(|(n, s, d)| TensorView::new(Dtype::F32, s.clone(), f32_bytes(d)).map(|v| (n.clone(), v)))
+            .map(|(n, (dt, s, d))| TensorView::new(*dt, s.clone(), d).map(|v| (n.clone(), v)))
             .collect::<Result<_, _>>()?;
         let bytes = safetensors::serialize(views, &Some(meta))?;
         if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
@@ -174,7 +197,7 @@ impl Classifier {
         crate::fsutil::write_atomic(path, &bytes)
     }
 
-    /// Loads and checks a saved classifier: format tag, weights checksum, names and shapes.
+    /// Loads and checks a saved classifier: format tag, checksum, names, dtypes and shapes.
     pub fn load(path: &Path, device: Device) -> Result<Classifier> {
         let retrain = "retrain it with `gandist classifier train`";
         if !path.is_file() {
@@ -193,53 +216,60 @@ impl Classifier {
         }
         let mut names: Vec<String> = st.names().into_iter().cloned().collect();
         names.sort();
-        let mut views = Vec::new();
-        for n in &names {
-            let v = st.tensor(n)?;
-            if v.dtype() != Dtype::F32 {
-                bail!("{}: tensor {n} has dtype {:?}, expected F32: {retrain}", path.display(), v.dtype());
-            }
-            views.push((n.clone(), v));
-        }
-        let sum = weights_sha256(views.iter().map(|(n, v)| (n.as_str(), v.shape(), v.data())));
-        if meta.get("weights_sha256") != Some(&sum) {
+        let views: Vec<(String, TensorView)> = names.iter().map(|n| Ok((n.clone(), st.tensor(n)?))).collect::<Result<_>>()?;
+        let sum = tensors_sha256(views.iter().map(|(n, v)| (n.as_str(), v.shape(), v.data())));
+        if meta.get("tensors_sha256") != Some(&sum) {
             bail!(
-                "classifier {}: checksum mismatch (weights SHA-256 {sum}, metadata says {:?}): the file is corrupted; {retrain}",
+                "classifier {}: checksum mismatch (SHA-256 of its tensors is {sum}, metadata says {:?}): the file is corrupted; {retrain}",
                 path.display(),
-                meta.get("weights_sha256")
+                meta.get("tensors_sha256")
             );
         }
-        let net = Classifier::new(device);
+        let mut net = Classifier::new(device);
         let mut vars = net.vs.variables();
-        if vars.len() != views.len() {
-            bail!("{}: {} tensors, expected {}: {retrain}", path.display(), views.len(), vars.len());
-        }
+        let (mut weights, mut reference) = (0, HashMap::new());
         tch::no_grad(|| -> Result<()> {
             for (name, v) in &views {
-                let var = vars.get_mut(name).with_context(|| format!("{}: unexpected tensor {name}: {retrain}", path.display()))?;
                 let shape: Vec<i64> = v.shape().iter().map(|&d| d as i64).collect();
-                if var.size() != shape {
-                    bail!("{}: tensor {name} has shape {shape:?}, expected {:?}: {retrain}", path.display(), var.size());
+                if [REF_MEAN, REF_COV, REF_N].contains(&name.as_str()) {
+                    if v.dtype() != Dtype::F64 {
+                        bail!("{}: tensor {name} has dtype {:?}, expected F64: {retrain}", path.display(), v.dtype());
+                    }
+                    let data: Vec<f64> = v.data().chunks_exact(8).map(|c| f64::from_le_bytes(c.try_into().expect("8 bytes"))).collect();
+                    reference.insert(name.as_str(), Tensor::from_slice(&data).view(shape.as_slice()));
+                    continue;
                 }
-                let data: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]])).collect();
+                let var = vars.get_mut(name).with_context(|| format!("{}: unexpected tensor {name}: {retrain}", path.display()))?;
+                if v.dtype() != Dtype::F32 || var.size() != shape {
+                    bail!("{}: tensor {name} is {:?} {shape:?}, expected F32 {:?}: {retrain}", path.display(), v.dtype(), var.size());
+                }
+                let data: Vec<f32> = v.data().chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().expect("4 bytes"))).collect();
                 var.copy_(&Tensor::from_slice(&data).view(shape.as_slice()));
+                weights += 1;
             }
             Ok(())
         })?;
+        if weights != vars.len() {
+            bail!("{}: {weights} weight tensors, expected {}: {retrain}", path.display(), vars.len());
+        }
+        if let (Some(mean), Some(cov), Some(n)) = (reference.remove(REF_MEAN), reference.remove(REF_COV), reference.remove(REF_N)) {
+            if mean.size() != [FEATURES] || cov.size() != [FEATURES, FEATURES] {
+                bail!("{}: reference statistics have shapes {:?} and {:?}, expected [{FEATURES}] and [{FEATURES}, {FEATURES}]: {retrain}", path.display(), mean.size(), cov.size());
+            }
+            net.reference = Some(Gaussian { mean, cov, n: n.double_value(&[0]) as usize });
+        }
         Ok(net)
     }
+}
 
-    /// Every variable as (name, shape, values), sorted by name.
-    fn named_f32(&self) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>> {
-        let mut out = Vec::new();
-        for (name, t) in self.vs.variables() {
-            let shape = t.size().iter().map(|&d| d as usize).collect();
-            let data: Vec<f32> = Vec::try_from(&t.to_device(Device::Cpu).contiguous().flatten(0, -1))?;
-            out.push((name, shape, data));
-        }
-        out.sort_by(|a, b| a.0.cmp(&b.0));
-        Ok(out)
-    }
+/// Dtype, shape and little-endian bytes of a float32 or float64 tensor.
+fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
+    let shape = t.size().iter().map(|&d| d as usize).collect();
+    let flat = t.to_device(Device::Cpu).contiguous().flatten(0, -1);
+    Ok(match t.kind() {
+        Kind::Double => (Dtype::F64, shape, Vec::<f64>::try_from(&flat)?.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        _ => (Dtype::F32, shape, Vec::<f32>::try_from(&flat.to_kind(Kind::Float))?.iter().flat_map(|x| x.to_le_bytes()).collect()),
+    })
 }
 
 /// The classifier file `eval` uses: `--classifier`, else `<MNIST folder>/classifier.safetensors`.
@@ -248,7 +278,7 @@ pub fn resolve_path(flag: Option<&Path>, data_dir: &Path) -> PathBuf {
 }
 
 /// SHA-256 over (name, shape, little-endian bytes) of each tensor, in the given order.
-fn weights_sha256<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>) -> String {
+fn tensors_sha256<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [u8])>) -> String {
     let mut h = Sha256::new();
     for (name, shape, data) in tensors {
         h.update(name.as_bytes());
@@ -259,12 +289,6 @@ fn weights_sha256<'a>(tensors: impl Iterator<Item = (&'a str, &'a [usize], &'a [
         h.update(data);
     }
     hex::encode(h.finalize())
-}
-
-fn f32_bytes(v: &[f32]) -> &[u8] {
-    // f32 has no padding and every bit pattern is a valid u8; safetensors is little-endian,
-    // as is every host libtorch supports here.
-    unsafe { std::slice::from_raw_parts(v.as_ptr() as *const u8, std::mem::size_of_val(v)) }
 }
 
 #[cfg(test)]
@@ -284,6 +308,14 @@ mod tests {
         let back = Classifier::load(&path, Device::Cpu).unwrap();
         let d = (net.logits(&x) - back.logits(&x)).abs().max().double_value(&[]);
         assert_eq!(d, 0.0, "loaded weights must be bit-identical");
+        assert!(back.reference.is_none());
+        let mut net = net;
+        let feats = Tensor::randn([20, FEATURES], (Kind::Float, Device::Cpu));
+        net.reference = Some(Gaussian::of_features(&feats).unwrap());
+        net.save(&path, &[]).unwrap();
+        let r = Classifier::load(&path, Device::Cpu).unwrap().reference.unwrap();
+        let want = net.reference.as_ref().unwrap();
+        assert!(r.mean.equal(&want.mean) && r.cov.equal(&want.cov) && r.n == 20);
     }
 
     #[test]

@@ -8,7 +8,8 @@ pub mod frechet;
 
 use crate::data::mnist::{Mnist, Split, SIDE};
 use crate::model::Generator;
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
+use std::io::Read;
 pub use classifier::Classifier;
 use frechet::Gaussian;
 use serde_json::{json, Map, Value};
@@ -97,6 +98,28 @@ pub fn bytes_to_images(bytes: &[u8], n: usize, channels: usize) -> Result<Tensor
     Ok(Tensor::from_slice(bytes).to_kind(Kind::Float).view([n as i64, channels as i64, s, s]) / 127.5 - 1.0)
 }
 
+/// Reads an IDX file of samples, (n, 28, 28) or stacked (n, 3, 28, 28), raw or gzip; keeps
+/// the first `limit` images when given. Returns the images in [-1, 1] and the file's count.
+pub fn read_samples(path: &Path, limit: Option<usize>) -> Result<(Tensor, usize)> {
+    let mut header = [0u8; 4];
+    crate::data::idx::open_decompressed(path)?
+        .read_exact(&mut header)
+        .with_context(|| format!("{} is not a valid IDX file: shorter than its 4-byte magic", path.display()))?;
+    let ndims = if header[3] == 4 { 4 } else { 3 };
+    let idx = crate::data::idx::read_idx(path, ndims)?;
+    let (n, channels) = if ndims == 4 { (idx.dims[0], idx.dims[1]) } else { (idx.dims[0], 1) };
+    let (h, w) = (idx.dims[ndims - 2], idx.dims[ndims - 1]);
+    if h != SIDE || w != SIDE {
+        bail!("{}: images are {h}x{w}, expected {SIDE}x{SIDE} (MNIST-sized)", path.display());
+    }
+    if channels != 1 && channels != STACKED_CHANNELS as usize {
+        bail!("{}: images have {channels} channels, expected 1 or {STACKED_CHANNELS} (stacked MNIST)", path.display());
+    }
+    let count = limit.map_or(n, |l| l.min(n));
+    let bytes = &idx.data[..count * channels * SIDE * SIDE];
+    Ok((bytes_to_images(bytes, count, channels)?, n))
+}
+
 /// Rounds images in [-1, 1] to the 256 byte levels, so that generated samples are measured
 /// exactly as they would be after an export to IDX or PNG.
 pub fn quantize(images: &Tensor) -> Tensor {
@@ -126,11 +149,17 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// Computes the reference statistics over all 10000 test images.
-    pub fn new(classifier: Classifier, data_dir: &Path) -> Result<Evaluator> {
-        let test = Mnist::load(data_dir, Split::Test)?;
-        let x = bytes_to_images(&test.images, test.n, 1)?;
-        let reference = Gaussian::of_features(&classifier.outputs(&x).features)?;
+    /// Uses the test-set statistics stored with the classifier, or computes them over the
+    /// 10000 test images in `data_dir` when the file holds none.
+    pub fn new(mut classifier: Classifier, data_dir: &Path) -> Result<Evaluator> {
+        let reference = match classifier.reference.take() {
+            Some(r) => r,
+            None => {
+                let test = Mnist::load(data_dir, Split::Test)?;
+                let x = bytes_to_images(&test.images, test.n, 1)?;
+                Gaussian::of_features(&classifier.outputs(&x).features)?
+            }
+        };
         Ok(Evaluator { classifier, reference })
     }
 

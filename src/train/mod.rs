@@ -310,9 +310,9 @@ fn progress_line(r: &Map<String, Value>) -> String {
 fn write_samples(t: &Trainer, z: &tch::Tensor, run_dir: &Path, step: u64) -> Result<()> {
     let bytes = t.sample_bytes(z);
     let n = z.size()[0] as usize;
-    let side = crate::data::mnist::SIDE;
-    crate::samples::write_grid_png(&run_dir.join("samples").join(format!("step-{step:09}.png")), &bytes, n, side)?;
-    crate::samples::write_grid_png(&run_dir.join("samples").join("latest.png"), &bytes, n, side)
+    let (side, ch) = (crate::data::mnist::SIDE, t.generator.channels as usize);
+    crate::samples::write_grid(&run_dir.join("samples").join(format!("step-{step:09}.png")), &bytes, n, ch, side)?;
+    crate::samples::write_grid(&run_dir.join("samples").join("latest.png"), &bytes, n, ch, side)
 }
 
 fn save_checkpoint(t: &Trainer, root: &Path, cfg: &Config) -> Result<()> {

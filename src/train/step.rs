@@ -26,6 +26,7 @@ pub mod purpose {
     pub const FIXED_NOISE: u64 = 5;
     /// Noise for sample-quality evaluation (the same at every evaluation, for comparability).
     pub const EVAL_NOISE: u64 = 6;
+    pub const STACKING: u64 = 7;
 }
 
 /// What one update did, after the reduction (identical on every rank).
@@ -75,9 +76,11 @@ impl Trainer {
         if global > data.n {
             bail!("data.batch_size = {global} is larger than the data set ({} images)", data.n);
         }
+        let channels = cfg.data.dataset.channels();
+        let data = if channels == 3 && data.stack.is_none() { data.stacked(derive_seed(cfg.train.seed, &[purpose::STACKING])) } else { data };
         seed_stream(cfg.train.seed, purpose::INIT, 0);
-        let generator = Generator::new(&cfg.model, device);
-        let critic = Critic::new(&cfg.model, device);
+        let generator = Generator::with_channels(&cfg.model, channels, device);
+        let critic = Critic::with_channels(&cfg.model, channels, device);
         let o = &cfg.optim;
         let opt_g = Adam::new(&generator.params.flat, o.lr_g, o.beta1, o.beta2, o.eps);
         let opt_d = Adam::new(&critic.params.flat, o.lr_d, o.beta1, o.beta2, o.eps);
