@@ -273,8 +273,8 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
 
 fn eval(checkpoint: Option<&Path>, samples: Option<&Path>, n: Option<usize>, seed: u64, data: Option<&Path>, classifier: Option<&Path>) -> Result<()> {
     use gandist::eval::{self, classifier as cls, Evaluator};
-    if n == Some(0) {
-        bail!("--n must be at least 2");
+    if n.is_some_and(|n| n < 2) {
+        bail!("--n must be at least 2 (the Frechet distance needs a covariance)");
     }
     let data_dir = mnist::resolve_dir(data);
     let device = train::select_device("auto", 0)?;

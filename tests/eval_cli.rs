@@ -185,6 +185,7 @@ fn clear_errors_for_bad_inputs() {
     fails(&["eval", "--data", d, "--classifier", c, "--samples", big.to_str().unwrap()], &["big.idx", "32x32", "expected 28x28"]);
     // A missing checkpoint.
     fails(&["eval", "--data", d, "--classifier", c, "--checkpoint", tmp.path().to_str().unwrap()], &["neither a checkpoint directory"]);
+    fails(&["eval", "--data", d, "--classifier", c, "--samples", good.to_str().unwrap(), "--n", "1"], &["--n must be at least 2"]);
     // Neither input.
     fails(&["eval", "--data", d], &["--checkpoint"]);
 }
