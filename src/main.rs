@@ -278,7 +278,7 @@ fn eval(checkpoint: Option<&Path>, samples: Option<&Path>, n: Option<usize>, see
     }
     let data_dir = mnist::resolve_dir(data);
     let device = train::select_device("auto", 0)?;
-    // Check the inputs before the classifier pass over the test set.
+    // Inputs are checked before the classifier is loaded: their errors come first.
     let (images, source) = match (checkpoint, samples) {
         (Some(c), _) => {
             let ck = gandist::checkpoint::load_generator(c, device)?;
@@ -293,7 +293,7 @@ fn eval(checkpoint: Option<&Path>, samples: Option<&Path>, n: Option<usize>, see
         (None, None) => bail!("give --checkpoint or --samples"),
     };
     let path = cls::resolve_path(classifier, &data_dir);
-    let evaluator = Evaluator::load(&path, &data_dir, device)?;
+    let evaluator = Evaluator::load(&path, device)?;
     let report = evaluator.evaluate(&images)?;
     println!("{source}");
     print!("{}", report.table());

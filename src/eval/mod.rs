@@ -6,7 +6,7 @@
 pub mod classifier;
 pub mod frechet;
 
-use crate::data::mnist::{Mnist, Split, SIDE};
+use crate::data::mnist::SIDE;
 use crate::model::Generator;
 use anyhow::{bail, Context, Result};
 use std::io::Read;
@@ -149,23 +149,22 @@ pub struct Evaluator {
 }
 
 impl Evaluator {
-    /// Uses the test-set statistics stored with the classifier, or computes them over the
-    /// 10000 test images in `data_dir` when the file holds none.
-    pub fn new(mut classifier: Classifier, data_dir: &Path) -> Result<Evaluator> {
-        let reference = match classifier.reference.take() {
-            Some(r) => r,
-            None => {
-                let test = Mnist::load(data_dir, Split::Test)?;
-                let x = bytes_to_images(&test.images, test.n, 1)?;
-                Gaussian::of_features(&classifier.outputs(&x).features)?
-            }
-        };
+    /// Uses the test-set statistics that `gandist classifier train` stores with the weights.
+    pub fn new(mut classifier: Classifier) -> Result<Evaluator> {
+        let reference = classifier
+            .reference
+            .take()
+            .context("the classifier holds no MNIST test-set statistics: retrain it with `gandist classifier train`")?;
+        if reference.dim() != classifier::FEATURES {
+            bail!("the classifier's test-set statistics have {} features, expected {}", reference.dim(), classifier::FEATURES);
+        }
         Ok(Evaluator { classifier, reference })
     }
 
-    /// Loads the classifier at `path` onto `device` and builds the reference.
-    pub fn load(path: &Path, data_dir: &Path, device: Device) -> Result<Evaluator> {
-        Evaluator::new(Classifier::load(path, device)?, data_dir)
+    /// Loads the classifier at `path` onto `device`.
+    pub fn load(path: &Path, device: Device) -> Result<Evaluator> {
+        Evaluator::new(Classifier::load(path, device)?)
+            .with_context(|| format!("classifier {}", path.display()))
     }
 
     /// Evaluates images (n, 1 or 3, 28, 28) in [-1, 1]. With 3 channels each channel is
@@ -270,6 +269,24 @@ mod tests {
         let modes = histogram(&stacked_modes(&[1, 2, 3, 1, 2, 3]), 1000);
         assert_eq!(covered(&modes, 0.0), 1);
         assert!((kl_to_uniform(&modes) - 1000f64.ln()).abs() < 1e-9);
+    }
+
+    #[test]
+    fn evaluator_needs_stored_reference_statistics() {
+        tch::manual_seed(0);
+        let e = Evaluator::new(Classifier::new(Device::Cpu)).err().unwrap();
+        assert!(format!("{e}").contains("no MNIST test-set statistics"), "{e}");
+        // With statistics, wrong inputs are named.
+        let mut c = Classifier::new(Device::Cpu);
+        c.reference = Some(Gaussian::of_features(&Tensor::randn([8, classifier::FEATURES], (Kind::Float, Device::Cpu))).unwrap());
+        let ev = Evaluator::new(c).unwrap();
+        let e = ev.evaluate(&Tensor::zeros([4, 2, 28, 28], (Kind::Float, Device::Cpu))).unwrap_err();
+        assert!(format!("{e}").contains("2 channels"), "{e}");
+        let e = ev.evaluate(&Tensor::zeros([4, 1, 32, 32], (Kind::Float, Device::Cpu))).unwrap_err();
+        assert!(format!("{e}").contains("expected (n, channels, 28, 28)"), "{e}");
+        let r = ev.evaluate(&Tensor::zeros([4, 3, 28, 28], (Kind::Float, Device::Cpu))).unwrap();
+        assert_eq!(r.histogram.iter().sum::<u64>(), 12);
+        assert_eq!(r.stacked.as_ref().map(|s| s.modes), Some(1), "identical triples are one mode");
     }
 
     #[test]

@@ -242,7 +242,7 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>) -> Result<
 fn load_evaluator(cfg: &Config, data_dir: &Path, device: Device) -> Result<crate::eval::Evaluator> {
     let flag = (!cfg.eval.classifier.is_empty()).then(|| Path::new(&cfg.eval.classifier));
     let path = crate::eval::classifier::resolve_path(flag, data_dir);
-    crate::eval::Evaluator::load(&path, data_dir, device).context("eval.every > 0 needs the MNIST classifier")
+    crate::eval::Evaluator::load(&path, device).context("eval.every > 0 needs the MNIST classifier")
 }
 
 /// Evaluates the current generator on `eval.n` samples (the same noise every time).
