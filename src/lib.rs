@@ -2,7 +2,8 @@
 //!
 //! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
 //! `objective` (adversarial losses), `regularize` (penalties), `optim` (Adam, clipping),
-//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`, `eval` (sample quality).
+//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`,
+//! `eval` (sample quality: classifier FID, coverage).
 
 pub mod bench;
 pub mod checkpoint;
