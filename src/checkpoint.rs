@@ -215,6 +215,68 @@ pub fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
+/// A generator restored from a checkpoint, with the configuration that trained it.
+pub struct GeneratorCheckpoint {
+    pub generator: crate::model::Generator,
+    /// The weights are the EMA generator's.
+    pub ema: bool,
+    pub config: crate::config::Config,
+    pub meta: Meta,
+    pub dir: PathBuf,
+}
+
+/// A checkpoint directory as given, or a run directory's newest checkpoint.
+pub fn resolve(path: &Path) -> Result<PathBuf> {
+    if path.join(META_FILE).exists() {
+        return Ok(path.to_path_buf());
+    }
+    list(&path.join("checkpoints")).first().map(|(_, p)| p.clone()).with_context(|| {
+        format!("{} is neither a checkpoint directory (no meta.json) nor a run directory with checkpoints", path.display())
+    })
+}
+
+/// Which generator weights to load from a checkpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GeneratorWeights {
+    /// The EMA weights when the run kept them, else the trained ones.
+    Auto,
+    /// The EMA weights; an error when the run kept none.
+    Ema,
+    /// The trained weights.
+    Raw,
+}
+
+/// Loads the generator of the checkpoint at `path` (a checkpoint or run directory) onto
+/// `device`, checking the state file like `load` does.
+pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Device) -> Result<GeneratorCheckpoint> {
+    let dir = resolve(path)?;
+    let meta_path = dir.join(META_FILE);
+    let meta_text = std::fs::read(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?;
+    let meta: Meta = serde_json::from_slice(&meta_text).with_context(|| format!("{} is not a valid checkpoint meta.json", meta_path.display()))?;
+    let config = crate::config::Config::from_toml_str(&meta.config, &[])
+        .with_context(|| format!("the configuration embedded in {}", meta_path.display()))?;
+    let ema = match weights {
+        GeneratorWeights::Ema if !config.ema.enabled() => {
+            bail!("--weights ema: the run of {} kept no EMA (ema.half_life_steps and ema.half_life_images are 0)", dir.display())
+        }
+        GeneratorWeights::Ema | GeneratorWeights::Auto => config.ema.enabled(),
+        GeneratorWeights::Raw => false,
+    };
+    let prefix = if ema { crate::train::step::EMA_PREFIX } else { "generator." };
+    let generator = crate::model::Generator::with_channels(&config.model, config.data.dataset.channels(), device);
+    let params = &generator.params;
+    let shapes = params
+        .names
+        .iter()
+        .zip(&params.shapes)
+        .map(|(n, s)| (format!("{prefix}{n}"), s.iter().map(|&d| d as usize).collect()))
+        .collect();
+    let loaded = load(&dir, &shapes)?;
+    let flat: Vec<f32> = params.names.iter().flat_map(|n| loaded.tensors[&format!("{prefix}{n}")].1.clone()).collect();
+    params.load_flat(&tch::Tensor::from_slice(&flat).to_device(device));
+    Ok(GeneratorCheckpoint { generator, ema, config, meta: loaded.meta, dir })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

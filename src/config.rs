@@ -21,6 +21,7 @@ pub struct Config {
     pub ema: EmaConfig,
     pub health: HealthConfig,
     pub faults: FaultConfig,
+    pub eval: EvalConfig,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -43,6 +44,26 @@ pub struct DataConfig {
     pub batch_size: i64,
     /// Use only the first N training images (0 = all 60000); for quick runs and tests.
     pub limit: usize,
+    pub dataset: Dataset,
+}
+
+/// What the GAN learns: MNIST digits, or stacked MNIST (three random digits as the three
+/// channels of one image: 1000 modes, the mode-collapse benchmark of VEEGAN and PacGAN).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Dataset {
+    Mnist,
+    StackedMnist,
+}
+
+impl Dataset {
+    /// Image channels of the data, and so of the generator's output and the critic's input.
+    pub fn channels(self) -> i64 {
+        match self {
+            Dataset::Mnist => 1,
+            Dataset::StackedMnist => 3,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -252,6 +273,18 @@ pub struct FaultConfig {
     pub unreduced_penalty: bool,
 }
 
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct EvalConfig {
+    /// Evaluate sample quality every N generator updates (0 = never). Rank 0 evaluates while
+    /// the other ranks go on and then wait for it at their next all-reduce.
+    pub every: u64,
+    /// Samples per evaluation: small, since the evaluation stalls the update.
+    pub n: usize,
+    /// Classifier file ("" = classifier.safetensors in the MNIST folder).
+    pub classifier: String,
+}
+
 impl Default for RegularizeConfig {
     fn default() -> Self {
         RegularizeConfig { hist_avg_d: 0.0, hist_avg_g: 0.0, l2_d: 0.0, l2_g: 0.0, weight_clip: 0.0 }
@@ -290,7 +323,7 @@ impl Default for ModelConfig {
 
 impl Default for DataConfig {
     fn default() -> Self {
-        DataConfig { batch_size: 50, limit: 0 }
+        DataConfig { batch_size: 50, limit: 0, dataset: Dataset::Mnist }
     }
 }
 
@@ -349,6 +382,12 @@ impl Default for DistConfig {
 impl Default for MetricsConfig {
     fn default() -> Self {
         MetricsConfig { enabled: false, host: "127.0.0.1".into(), port_base: 9400 }
+    }
+}
+
+impl Default for EvalConfig {
+    fn default() -> Self {
+        EvalConfig { every: 0, n: 1000, classifier: String::new() }
     }
 }
 
@@ -444,6 +483,7 @@ impl Config {
             format!("{:?}", self.metrics.host),
             "an IP address such as \"127.0.0.1\" or \"0.0.0.0\"",
         )?;
+        check(self.eval.n >= 2, "eval.n", self.eval.n, "at least 2 (the Frechet distance needs a covariance)")?;
         parse_device_name(&self.train.device)
             .with_context(|| format!("train.device = {:?}", self.train.device))?;
         Ok(())
@@ -470,6 +510,7 @@ impl Config {
         c.metrics = MetricsConfig::default();
         c.health = HealthConfig::default();
         c.ema.use_for_samples = true;
+        c.eval = EvalConfig::default();
         hex::encode(Sha256::digest(c.to_toml().as_bytes()))
     }
 }
@@ -547,6 +588,15 @@ mod tests {
     }
 
     #[test]
+    fn dataset_choice() {
+        let c = Config::from_toml_str("", &["data.dataset=stacked-mnist".to_string()]).unwrap();
+        assert_eq!((c.data.dataset, c.data.dataset.channels()), (Dataset::StackedMnist, 3));
+        assert_eq!(Config::default().data.dataset.channels(), 1);
+        let e = err("", &["data.dataset=cifar"]);
+        assert!(e.contains("cifar") && e.contains("stacked-mnist"), "{e}");
+    }
+
+    #[test]
     fn wrong_types_are_named() {
         let e = err("[data]\nbatch_size = \"big\"\n", &[]);
         assert!(e.contains("batch_size"), "{e}");
@@ -573,6 +623,7 @@ mod tests {
             ("model.sn_power_iterations=0", "model.sn_power_iterations"),
             ("metrics.host=localhost", "metrics.host"),
             ("metrics.port_base=70000", "port_base"),
+            ("eval.n=1", "eval.n"),
         ] {
             let e = err("", &[o]);
             assert!(e.contains(field), "{o}: {e}");
@@ -616,6 +667,7 @@ mod tests {
         let mut b = a.clone();
         b.train.iterations += 10;
         b.train.device = "cpu".into();
+        b.eval.every = 7;
         assert_eq!(a.trajectory_hash(), b.trajectory_hash());
         b.optim.lr_d *= 2.0;
         assert_ne!(a.trajectory_hash(), b.trajectory_hash());

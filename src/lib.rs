@@ -4,7 +4,8 @@
 //! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers), `optim` (Adam, SGD,
 //! clipping), `health` (gradient-health detector), `ablation` (`gandist ablate`),
 //! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`,
-//! `metrics` (Prometheus registry and exporter), `plot` (PNG curves of the scalar log).
+//! `metrics` (Prometheus registry and exporter), `plot` (PNG curves of the scalar log),
+//! `eval` (sample quality: classifier FID, coverage).
 
 pub mod ablation;
 pub mod bench;
@@ -13,6 +14,7 @@ pub mod config;
 pub mod data;
 pub mod device;
 pub mod dist;
+pub mod eval;
 pub mod fsutil;
 pub mod health;
 pub mod metrics;

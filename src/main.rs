@@ -1,6 +1,6 @@
-//! The `gandist` command line: train, sample, plot, data, bench, ablate.
+//! The `gandist` command line: train, sample, eval, classifier, plot, data, bench, ablate.
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 use gandist::config::Config;
 use gandist::data::mnist;
@@ -75,6 +75,33 @@ enum Command {
         /// The run directory.
         run_dir: PathBuf,
     },
+    /// Sample quality of a checkpoint's generator or of an IDX file of samples: classifier-feature
+    /// FID against the MNIST test set, class histogram and coverage, confidence.
+    Eval {
+        /// A checkpoint directory, or a run directory (its newest checkpoint).
+        #[arg(long, conflicts_with = "samples", required_unless_present = "samples")]
+        checkpoint: Option<PathBuf>,
+        /// An IDX file of 28x28 images (n, 28, 28), raw or gzip, instead of a checkpoint.
+        #[arg(long)]
+        samples: Option<PathBuf>,
+        /// Samples to generate (default 10000); with --samples, use only the first N.
+        #[arg(long)]
+        n: Option<usize>,
+        /// Seed of the generator's noise.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Classifier file (default: <MNIST folder>/classifier.safetensors).
+        #[arg(long)]
+        classifier: Option<PathBuf>,
+    },
+    /// The MNIST classifier that `eval` uses.
+    Classifier {
+        #[command(subcommand)]
+        action: ClassifierAction,
+    },
     /// Fetch or verify the MNIST files.
     Data {
         #[command(subcommand)]
@@ -120,6 +147,37 @@ enum Weights {
     Auto,
     Ema,
     Raw,
+}
+
+#[derive(Subcommand)]
+enum ClassifierAction {
+    /// Train the LeNet-style classifier on MNIST (seeded) and save it with a checksum.
+    Train {
+        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
+        #[arg(long)]
+        data: Option<PathBuf>,
+        /// Output file (default: <MNIST folder>/classifier.safetensors, where eval looks).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        #[arg(long, default_value_t = 4)]
+        epochs: usize,
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        #[arg(long, default_value_t = 128)]
+        batch: usize,
+        /// Adam's learning rate in the first epoch (halved after each epoch).
+        #[arg(long, default_value_t = 1e-3)]
+        lr: f64,
+        /// Train on the first N training images only (0 = all); for quick checks.
+        #[arg(long, default_value_t = 0)]
+        limit: usize,
+        /// CPU threads (0 = libtorch's default).
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
+        /// Refuse to save a classifier below this test accuracy.
+        #[arg(long, default_value_t = 0.99)]
+        min_accuracy: f64,
+    },
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -179,6 +237,36 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
+        Command::Eval { checkpoint, samples, n, seed, data, classifier } => {
+            eval(checkpoint.as_deref(), samples.as_deref(), n, seed, data.as_deref(), classifier.as_deref())?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Classifier { action: ClassifierAction::Train { data, out, epochs, seed, batch, lr, limit, threads, min_accuracy } } => {
+            use gandist::eval::classifier::{self, Classifier, TrainOptions};
+            let dir = mnist::resolve_dir(data.as_deref());
+            let out = classifier::resolve_path(out.as_deref(), &dir);
+            if threads > 0 {
+                tch::set_num_threads(threads);
+            }
+            let device = gandist::device::select("auto", 0)?;
+            let opts = TrainOptions { epochs, batch_size: batch, lr, seed, limit };
+            let (net, report) = Classifier::train(&dir, &opts, device)?;
+            let acc = report.test_accuracy;
+            println!("test accuracy {:.4} ({} training images, {epochs} epochs, {:.1} s)", acc, report.train_images, report.seconds);
+            if acc < min_accuracy {
+                bail!("test accuracy {acc:.4} is below --min-accuracy {min_accuracy}: not saved (train longer, or lower --min-accuracy for a quick check)");
+            }
+            let info = [
+                ("test_accuracy", format!("{acc}")),
+                ("seed", seed.to_string()),
+                ("epochs", epochs.to_string()),
+                ("train_images", report.train_images.to_string()),
+                ("train_seconds", format!("{:.1}", report.seconds)),
+            ];
+            net.save(&out, &info)?;
+            println!("wrote {}", out.display());
+            Ok(ExitCode::SUCCESS)
+        }
         Command::Data { action } => {
             match action {
                 DataAction::Fetch { data, from } => {
@@ -223,47 +311,56 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u64, weights: Weights) -> Result<()> {
-    use gandist::checkpoint;
+    use gandist::checkpoint::GeneratorWeights;
     if n == 0 {
         bail!("--n must be at least 1");
     }
-    let dir = if checkpoint.join("meta.json").exists() {
-        checkpoint.to_path_buf()
-    } else {
-        checkpoint::list(&checkpoint.join("checkpoints"))
-            .first()
-            .map(|(_, p)| p.clone())
-            .with_context(|| format!("{} is neither a checkpoint directory (no meta.json) nor a run directory with checkpoints", checkpoint.display()))?
-    };
-    let meta_text = std::fs::read(dir.join("meta.json")).with_context(|| format!("cannot read {}", dir.join("meta.json").display()))?;
-    let meta: checkpoint::Meta = serde_json::from_slice(&meta_text).with_context(|| format!("{} is not a valid checkpoint meta.json", dir.display()))?;
-    let cfg = Config::from_toml_str(&meta.config, &[]).context("the checkpoint's embedded config")?;
     let device = gandist::device::select("auto", 0)?;
-    let g = gandist::model::Generator::new(&cfg.model, device);
-    let prefix = match weights {
-        Weights::Ema if !cfg.ema.enabled() => bail!("--weights ema: the checkpoint's run had no EMA (ema.half_life_steps and ema.half_life_images are 0)"),
-        Weights::Ema | Weights::Auto if cfg.ema.enabled() => gandist::train::step::EMA_PREFIX,
-        _ => "generator.",
+    let which = match weights {
+        Weights::Auto => GeneratorWeights::Auto,
+        Weights::Ema => GeneratorWeights::Ema,
+        Weights::Raw => GeneratorWeights::Raw,
     };
-    let shapes = g
-        .params
-        .names
-        .iter()
-        .zip(&g.params.shapes)
-        .map(|(n, s)| (format!("{prefix}{n}"), s.iter().map(|&d| d as usize).collect()))
-        .collect();
-    let loaded = checkpoint::load(&dir, &shapes)?;
-    let flat: Vec<f32> = g.params.names.iter().flat_map(|n| loaded.tensors[&format!("{prefix}{n}")].1.clone()).collect();
-    g.params.load_flat(&tch::Tensor::from_slice(&flat).to_device(device));
+    let ck = gandist::checkpoint::load_generator(checkpoint, which, device)?;
     gandist::train::step::seed_stream(seed, gandist::train::step::purpose::FIXED_NOISE, 1);
-    let z = tch::Tensor::randn([n as i64, cfg.model.latent], (tch::Kind::Float, tch::Device::Cpu)).to_device(device);
-    let bytes = tch::no_grad(|| gandist::model::to_bytes(&g.forward(&z)));
-    let side = mnist::SIDE;
+    let z = tch::Tensor::randn([n as i64, ck.config.model.latent], (tch::Kind::Float, tch::Device::Cpu)).to_device(device);
+    let bytes = tch::no_grad(|| gandist::model::to_bytes(&ck.generator.forward(&z)));
+    let (side, ch) = (mnist::SIDE, ck.generator.channels as usize);
     match format {
-        SampleFormat::Png => gandist::samples::write_grid_png(out, &bytes, n, side)?,
-        SampleFormat::Idx => gandist::samples::write_idx(out, &bytes, n, side)?,
+        SampleFormat::Png => gandist::samples::write_grid(out, &bytes, n, ch, side)?,
+        SampleFormat::Idx => gandist::samples::write_idx_channels(out, &bytes, n, ch, side)?,
     }
-    let which = if prefix == "generator." { "" } else { " (EMA weights)" };
-    eprintln!("wrote {n} samples from {}{which} (step {}) to {}", dir.display(), meta.step, out.display());
+    let which = if ck.ema { " (EMA weights)" } else { "" };
+    eprintln!("wrote {n} samples from {}{which} (step {}) to {}", ck.dir.display(), ck.meta.step, out.display());
+    Ok(())
+}
+
+fn eval(checkpoint: Option<&Path>, samples: Option<&Path>, n: Option<usize>, seed: u64, data: Option<&Path>, classifier: Option<&Path>) -> Result<()> {
+    use gandist::eval::{self, classifier as cls, Evaluator};
+    if n.is_some_and(|n| n < 2) {
+        bail!("--n must be at least 2 (the Frechet distance needs a covariance)");
+    }
+    let data_dir = mnist::resolve_dir(data);
+    let device = gandist::device::select("auto", 0)?;
+    // Inputs are checked before the classifier is loaded: their errors come first.
+    let (images, source) = match (checkpoint, samples) {
+        (Some(c), _) => {
+            let ck = gandist::checkpoint::load_generator(c, gandist::checkpoint::GeneratorWeights::Auto, device)?;
+            let n = n.unwrap_or(10_000);
+            (eval::generate(&ck.generator, n, seed), format!("{} (step {}), {n} samples, seed {seed}", ck.dir.display(), ck.meta.step))
+        }
+        (None, Some(p)) => {
+            let (images, total) = eval::read_samples(p, n)?;
+            let count = images.size()[0];
+            (images, format!("{} ({count} of {total} images)", p.display()))
+        }
+        (None, None) => bail!("give --checkpoint or --samples"),
+    };
+    let path = cls::resolve_path(classifier, &data_dir);
+    let evaluator = Evaluator::load(&path, device)?;
+    let report = evaluator.evaluate(&images)?;
+    println!("{source}");
+    print!("{}", report.table());
+    println!("{}", serde_json::Value::Object(report.to_json()));
     Ok(())
 }

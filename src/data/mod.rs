@@ -15,6 +15,8 @@ pub struct DeviceImages {
     pub images: Tensor,
     pub labels: Tensor,
     pub n: usize,
+    /// Stacked MNIST: row i names the three images that form channels 0, 1, 2 of image i.
+    pub stack: Option<Tensor>,
 }
 
 impl DeviceImages {
@@ -28,11 +30,65 @@ impl DeviceImages {
             .g_sub_scalar(1.0)
             .to_device(device);
         let labels = Tensor::from_slice(&m.labels).to_kind(Kind::Int64).to_device(device);
-        Ok(DeviceImages { images, labels, n: m.n })
+        Ok(DeviceImages { images, labels, n: m.n, stack: None })
     }
 
+    /// Stacked MNIST over the same images: n stacked images, each channel an independent
+    /// uniform draw of the n digits, fixed by `seed` (every rank builds the same set).
+    pub fn stacked(self, seed: u64) -> Self {
+        let mut rng = sampler::SplitMix64::new(seed);
+        let picks: Vec<i64> = (0..self.n * 3).map(|_| rng.below(self.n as u64) as i64).collect();
+        let stack = Tensor::from_slice(&picks).view([self.n as i64, 3]).to_device(self.images.device());
+        DeviceImages { stack: Some(stack), ..self }
+    }
+
+    /// Image channels of each item (1, or 3 when stacked).
+    pub fn channels(&self) -> i64 {
+        if self.stack.is_some() { 3 } else { 1 }
+    }
+
+    /// The items at `indices`, shaped (b, channels, 28, 28).
     pub fn batch(&self, indices: &[i64]) -> Tensor {
         let idx = Tensor::from_slice(indices).to_device(self.images.device());
-        self.images.index_select(0, &idx)
+        match &self.stack {
+            None => self.images.index_select(0, &idx),
+            Some(stack) => {
+                let side = mnist::SIDE as i64;
+                let digits = stack.index_select(0, &idx).view([-1]);
+                self.images.index_select(0, &digits).view([indices.len() as i64, 3, side, side])
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tiny(n: usize) -> Mnist {
+        // Image i is filled with the value i, so a channel shows which image it came from.
+        let images = (0..n).flat_map(|i| vec![i as u8; mnist::SIDE * mnist::SIDE]).collect();
+        Mnist { images, labels: vec![0; n], n }
+    }
+
+    #[test]
+    fn stacked_items_are_three_seeded_digits() {
+        let d = DeviceImages::from_mnist(&tiny(50), Device::Cpu).unwrap().stacked(9);
+        assert_eq!(d.channels(), 3);
+        let b = d.batch(&[4, 7]);
+        assert_eq!(b.size(), vec![2, 3, 28, 28]);
+        let stack: Vec<i64> = Vec::try_from(&d.stack.as_ref().unwrap().flatten(0, -1)).unwrap();
+        for (row, item) in [4usize, 7].iter().enumerate() {
+            for ch in 0..3 {
+                let want = stack[item * 3 + ch] as f64 / 127.5 - 1.0;
+                let got = b.get(row as i64).get(ch as i64);
+                assert!((got.min().double_value(&[]) - want).abs() < 1e-6 && (got.max().double_value(&[]) - want).abs() < 1e-6);
+            }
+        }
+        // The same seed gives the same stacks; the three channels are not one digit copied.
+        let again = DeviceImages::from_mnist(&tiny(50), Device::Cpu).unwrap().stacked(9);
+        assert!(again.stack.unwrap().equal(d.stack.as_ref().unwrap()));
+        assert!(stack.chunks(3).any(|c| c[0] != c[1] || c[1] != c[2]));
+        assert_eq!(DeviceImages::from_mnist(&tiny(5), Device::Cpu).unwrap().batch(&[1]).size(), vec![1, 1, 28, 28]);
     }
 }

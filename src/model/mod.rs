@@ -23,6 +23,8 @@ pub struct Generator {
     pub params: ParamSet,
     pub dim: i64,
     pub latent: i64,
+    /// Output image channels (1 for MNIST, 3 for stacked MNIST).
+    pub channels: i64,
 }
 
 /// Three stride-2 5x5 convolutions with leaky ReLU, 28 -> 14 -> 7 -> 4, and a linear output.
@@ -30,6 +32,8 @@ pub struct Generator {
 pub struct Critic {
     pub params: ParamSet,
     pub dim: i64,
+    /// Input image channels.
+    pub channels: i64,
     slope: Tensor,
     /// Spectral normalisation of each weight (conv1..3, fc), when enabled.
     pub spectral: Option<Vec<spectral_norm::SpectralNorm>>,
@@ -42,16 +46,21 @@ const CRITIC_WEIGHTS: [usize; 4] = [0, 2, 4, 6];
 impl Generator {
     /// Draws initial weights from libtorch's global generator (seed it first).
     pub fn new(cfg: &ModelConfig, device: Device) -> Self {
+        Self::with_channels(cfg, 1, device)
+    }
+
+    /// A generator of `channels`-channel images; with 1 it is exactly `new`.
+    pub fn with_channels(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
         let (d, l) = (cfg.dim, cfg.latent);
         let mut b = ParamBuilder::new(device);
         b.uniform("fc.weight", &[4 * 4 * 4 * d, l], bound(l));
         b.uniform("fc.bias", &[4 * 4 * 4 * d], bound(l));
         // ConvTranspose2d's weight is (in, out, k, k); PyTorch takes fan_in = out * k * k.
-        for (name, cin, cout) in [("deconv1", 4 * d, 2 * d), ("deconv2", 2 * d, d), ("deconv3", d, 1)] {
+        for (name, cin, cout) in [("deconv1", 4 * d, 2 * d), ("deconv2", 2 * d, d), ("deconv3", d, channels)] {
             b.uniform(&format!("{name}.weight"), &[cin, cout, 5, 5], bound(cout * 25));
             b.uniform(&format!("{name}.bias"), &[cout], bound(cout * 25));
         }
-        Generator { params: b.build(), dim: d, latent: l }
+        Generator { params: b.build(), dim: d, latent: l, channels }
     }
 
     pub fn forward(&self, z: &Tensor) -> Tensor {
@@ -70,9 +79,14 @@ impl Generator {
 
 impl Critic {
     pub fn new(cfg: &ModelConfig, device: Device) -> Self {
+        Self::with_channels(cfg, 1, device)
+    }
+
+    /// A critic of `channels`-channel images; with 1 it is exactly `new`.
+    pub fn with_channels(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
         let d = cfg.dim;
         let mut b = ParamBuilder::new(device);
-        for (name, cin, cout) in [("conv1", 1, d), ("conv2", d, 2 * d), ("conv3", 2 * d, 4 * d)] {
+        for (name, cin, cout) in [("conv1", channels, d), ("conv2", d, 2 * d), ("conv3", 2 * d, 4 * d)] {
             b.uniform(&format!("{name}.weight"), &[cout, cin, 5, 5], bound(cin * 25));
             b.uniform(&format!("{name}.bias"), &[cout], bound(cin * 25));
         }
@@ -84,7 +98,7 @@ impl Critic {
         let spectral = cfg.spectral_norm.then(|| {
             CRITIC_WEIGHTS.iter().map(|&i| spectral_norm::SpectralNorm::new(params.shapes[i][0], device)).collect()
         });
-        Critic { params, dim: d, slope, spectral, sn_iters: cfg.sn_power_iterations }
+        Critic { params, dim: d, channels, slope, spectral, sn_iters: cfg.sn_power_iterations }
     }
 
     /// One round of power iteration per normalised weight (call once per update).
@@ -135,7 +149,7 @@ pub fn param_count(p: &ParamSet) -> i64 {
     p.numel()
 }
 
-/// Converts generator output in [-1, 1] to bytes 0..255, shaped (n, 28, 28).
+/// Converts generator output in [-1, 1] to bytes 0..255, in (n, channels, 28, 28) order.
 pub fn to_bytes(images: &Tensor) -> Vec<u8> {
     let t = images
         .detach()
@@ -168,6 +182,23 @@ mod tests {
         let (f, out) = d.forward_features(&x);
         assert_eq!(f.size(), vec![3, 4 * 4 * 4 * 8]);
         assert_eq!(out.size(), vec![3]);
+    }
+
+    #[test]
+    fn three_channel_networks_for_stacked_mnist() {
+        let cfg = ModelConfig { dim: 4, latent: 8, ..ModelConfig::default() };
+        let g = Generator::with_channels(&cfg, 3, Device::Cpu);
+        let d = Critic::with_channels(&cfg, 3, Device::Cpu);
+        let x = g.forward(&Tensor::randn([2, 8], (Kind::Float, Device::Cpu)));
+        assert_eq!(x.size(), vec![2, 3, 28, 28]);
+        assert_eq!(d.forward(&x).size(), vec![2]);
+        assert_eq!(d.params.get("conv1.weight").size(), vec![4, 3, 5, 5]);
+        // One channel is the default network, drawn identically from the same seed.
+        tch::manual_seed(5);
+        let a = Generator::with_channels(&cfg, 1, Device::Cpu);
+        tch::manual_seed(5);
+        let b = Generator::new(&cfg, Device::Cpu);
+        assert!(a.params.flat.equal(&b.params.flat));
     }
 
     #[test]

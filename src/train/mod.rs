@@ -156,6 +156,7 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
     }
     trainer.broadcast_state()?;
 
+    let evaluator = if is_root && cfg.eval.every > 0 { Some(load_evaluator(&cfg, &opts.data_dir, device)?) } else { None };
     let mut log = if is_root {
         std::fs::write(opts.run_dir.join("config.toml"), cfg.to_toml())
             .with_context(|| format!("cannot write {}", opts.run_dir.join("config.toml").display()))?;
@@ -196,11 +197,19 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         let step = trainer.step;
         let last_d = critic_stats.last().expect("n_critic >= 1");
         let stopping = g_stats.stop_requested || critic_stats.iter().any(|s| s.stop_requested);
-        if step % cfg.train.log_every == 0 || step == cfg.train.iterations || stopping {
+        // Rank 0 alone evaluates; the others run on and then wait at their next all-reduce.
+        let quality = match &evaluator {
+            Some(ev) if step % cfg.eval.every == 0 || step == cfg.train.iterations => Some(evaluate(ev, &trainer, &cfg)?),
+            _ => None,
+        };
+        if step % cfg.train.log_every == 0 || step == cfg.train.iterations || stopping || quality.is_some() {
             let elapsed = window_start.0.elapsed().as_secs_f64().max(1e-9);
             let rate = (step - window_start.1) as f64 * images_per_iteration / elapsed;
             window_start = (Instant::now(), step);
-            let record = log_record(&trainer, last_d, &g_stats, &critic_stats, rate, run_start.elapsed().as_secs_f64());
+            let mut record = log_record(&trainer, last_d, &g_stats, &critic_stats, rate, run_start.elapsed().as_secs_f64());
+            if let Some(q) = quality {
+                record.extend(q);
+            }
             if let Some(log) = log.as_mut() {
                 log.write(&record)?;
             }
@@ -254,6 +263,22 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         }
     }
     Ok(outcome)
+}
+
+/// The classifier and test-set statistics for periodic evaluation, checked before training.
+fn load_evaluator(cfg: &Config, data_dir: &Path, device: Device) -> Result<crate::eval::Evaluator> {
+    let flag = (!cfg.eval.classifier.is_empty()).then(|| Path::new(&cfg.eval.classifier));
+    let path = crate::eval::classifier::resolve_path(flag, data_dir);
+    crate::eval::Evaluator::load(&path, device).context("eval.every > 0 needs the MNIST classifier")
+}
+
+/// Evaluates the current generator on `eval.n` samples (the same noise every time).
+fn evaluate(ev: &crate::eval::Evaluator, t: &Trainer, cfg: &Config) -> Result<Map<String, Value>> {
+    let start = Instant::now();
+    let images = crate::eval::generate(&t.generator, cfg.eval.n, cfg.train.seed);
+    let mut m = ev.evaluate(&images)?.to_json();
+    m.insert("eval_seconds".into(), json!(start.elapsed().as_secs_f64()));
+    Ok(m)
 }
 
 fn progress_bar(interactive: bool, total: u64, pos: u64) -> Option<indicatif::ProgressBar> {
@@ -331,9 +356,9 @@ fn progress_line(r: &Map<String, Value>) -> String {
 fn write_samples(t: &Trainer, z: &tch::Tensor, run_dir: &Path, step: u64) -> Result<()> {
     let bytes = t.sample_bytes(z);
     let n = z.size()[0] as usize;
-    let side = crate::data::mnist::SIDE;
-    crate::samples::write_grid_png(&run_dir.join("samples").join(format!("step-{step:09}.png")), &bytes, n, side)?;
-    crate::samples::write_grid_png(&run_dir.join("samples").join("latest.png"), &bytes, n, side)
+    let (side, ch) = (crate::data::mnist::SIDE, t.generator.channels as usize);
+    crate::samples::write_grid(&run_dir.join("samples").join(format!("step-{step:09}.png")), &bytes, n, ch, side)?;
+    crate::samples::write_grid(&run_dir.join("samples").join("latest.png"), &bytes, n, ch, side)
 }
 
 fn save_checkpoint(t: &Trainer, root: &Path, cfg: &Config) -> Result<()> {

@@ -33,6 +33,9 @@ pub mod purpose {
     pub const INTERPOLATION: u64 = 3;
     pub const GENERATOR_NOISE: u64 = 4;
     pub const FIXED_NOISE: u64 = 5;
+    /// Noise for sample-quality evaluation (the same at every evaluation, for comparability).
+    pub const EVAL_NOISE: u64 = 6;
+    pub const STACKING: u64 = 7;
 }
 
 /// Checkpoint names of the generator's EMA weights: this prefix + the parameter name.
@@ -189,9 +192,11 @@ impl Trainer {
         if global > data.n {
             bail!("data.batch_size = {global} is larger than the data set ({} images)", data.n);
         }
+        let channels = cfg.data.dataset.channels();
+        let data = if channels == 3 && data.stack.is_none() { data.stacked(derive_seed(cfg.train.seed, &[purpose::STACKING])) } else { data };
         seed_stream(cfg.train.seed, purpose::INIT, 0);
-        let generator = Generator::new(&cfg.model, device);
-        let critic = Critic::new(&cfg.model, device);
+        let generator = Generator::with_channels(&cfg.model, channels, device);
+        let critic = Critic::with_channels(&cfg.model, channels, device);
         let o = &cfg.optim;
         let (opt_g, opt_d) = match o.kind {
             OptimKind::Adam => (
