@@ -144,11 +144,6 @@ pub fn layer_of(param_name: &str) -> &str {
     param_name.split('.').next().unwrap_or(param_name)
 }
 
-/// Number of float32 values in a network's parameters.
-pub fn param_count(p: &ParamSet) -> i64 {
-    p.numel()
-}
-
 /// Converts generator output in [-1, 1] to bytes 0..255, in (n, channels, 28, 28) order.
 pub fn to_bytes(images: &Tensor) -> Vec<u8> {
     let t = images
