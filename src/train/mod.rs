@@ -208,6 +208,10 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
             window_start = (Instant::now(), step);
             let mut record = log_record(&trainer, last_d, &g_stats, &critic_stats, rate, run_start.elapsed().as_secs_f64());
             if let Some(q) = quality {
+                if let Some(m) = &monitor {
+                    let get = |k: &str| q.get(k).and_then(Value::as_f64);
+                    m.metrics.set_eval_scores(step, get("fid"), get("classes_covered"));
+                }
                 record.extend(q);
             }
             if let Some(log) = log.as_mut() {
