@@ -2,7 +2,8 @@
 //! `train.iterations`), then writes a markdown report (a table of final losses, pre-clip
 //! gradient-norm statistics, health counts and divergence) and one PNG per group of
 //! configurations (the file-name prefix before the first '-') with the gradient-norm
-//! trajectories of the critic and the generator.
+//! trajectories of the critic and the generator. With an MNIST classifier at hand it also scores
+//! each run's newest checkpoint (classifier FID and class coverage).
 
 use crate::config::{Backend, Config};
 use crate::runlog;
@@ -24,6 +25,19 @@ pub struct AblateOptions {
     pub report_only: bool,
     /// The command line, recorded in the report.
     pub command: String,
+    /// The MNIST classifier that scores each run's newest checkpoint; a missing file leaves the
+    /// quality column empty, with the command that makes one.
+    pub classifier: PathBuf,
+    /// Samples per quality score.
+    pub eval_n: usize,
+}
+
+/// Sample quality of a run's newest checkpoint.
+#[derive(Debug, Clone)]
+pub enum Quality {
+    Scored { step: u64, fid: f64, classes_covered: usize },
+    /// Why there is no score (no classifier, no checkpoint, ...).
+    Missing(String),
 }
 
 /// One configuration's outcome, from its scalar log.
@@ -44,6 +58,7 @@ pub struct RunSummary {
     pub g_exploding_updates: u64,
     pub explode_threshold: f64,
     pub error: Option<String>,
+    pub quality: Quality,
 }
 
 impl RunSummary {
@@ -120,6 +135,7 @@ pub fn run(opts: &AblateOptions) -> Result<Vec<RunSummary>> {
         s.error = error.or(s.error);
         out.push(s);
     }
+    score(opts, &mut out);
     write_report(opts, &out)?;
     Ok(out)
 }
@@ -152,7 +168,53 @@ pub fn summarize(name: &str, desc: &str, cfg: &Config, log: &Path) -> Result<Run
         g_exploding_updates: count(&last, "g_exploding_updates"),
         explode_threshold: cfg.health.explode_threshold,
         error: if records.is_empty() { Some(format!("no scalar log at {}", log.display())) } else { None },
+        quality: Quality::Missing("not scored".into()),
     })
+}
+
+/// Scores every run's newest checkpoint with the classifier, using the run's own seed for the
+/// evaluation noise (so `gandist eval --checkpoint RUN --seed SEED` reproduces each value).
+/// Quality is an addition to the report: a missing classifier or checkpoint is written into the
+/// table instead of failing the ablation.
+fn score(opts: &AblateOptions, runs: &mut [RunSummary]) {
+    use crate::checkpoint::{self, GeneratorWeights};
+    use crate::eval::{self, Evaluator};
+    if !opts.classifier.exists() {
+        let why = format!("n/a: no classifier at {} (`gandist classifier train`)", opts.classifier.display());
+        runs.iter_mut().for_each(|r| r.quality = Quality::Missing(why.clone()));
+        return;
+    }
+    let evaluator = match Evaluator::load(&opts.classifier, tch::Device::Cpu) {
+        Ok(e) => e,
+        Err(e) => {
+            let why = format!("n/a: {e:#}");
+            runs.iter_mut().for_each(|r| r.quality = Quality::Missing(why.clone()));
+            return;
+        }
+    };
+    for r in runs.iter_mut() {
+        let run_dir = opts.runs_dir.join(&r.name);
+        r.quality = match checkpoint::load_generator(&run_dir, GeneratorWeights::Auto, tch::Device::Cpu) {
+            Err(_) => Quality::Missing("n/a: no usable checkpoint".into()),
+            Ok(ck) => {
+                let seed = Config::from_toml_str(&ck.meta.config, &[]).map(|c| c.train.seed).unwrap_or(0);
+                let images = eval::generate(&ck.generator, opts.eval_n, seed);
+                match evaluator.evaluate(&images) {
+                    Ok(rep) => Quality::Scored { step: ck.meta.step, fid: rep.fid, classes_covered: rep.classes_covered },
+                    Err(e) => Quality::Missing(format!("n/a: {e:#}")),
+                }
+            }
+        };
+    }
+}
+
+impl std::fmt::Display for Quality {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Quality::Scored { step, fid, classes_covered } => write!(f, "{fid:.1} / {classes_covered} (step {step})"),
+            Quality::Missing(why) => f.write_str(why),
+        }
+    }
 }
 
 /// Median and maximum of the finite values (NaN when there are none).
@@ -212,10 +274,15 @@ Gradient norms are the global L2 norms **before clipping**, of the last critic u
 update of every iteration (`d_grad_norm`, `g_grad_norm` in each run's metrics.jsonl). *Diverged* means a \
 non-finite gradient or loss, or a norm above the health detector's explosion threshold \
 (`health.explode_threshold`). *G vanishing* counts generator updates that the gradient-health detector \
-classed as vanishing (norm under `health.vanish_threshold` for `health.vanish_patience` updates in a row).\n",
-        opts.dir.display()
+classed as vanishing (norm under `health.vanish_threshold` for `health.vanish_patience` updates in a row). *FID / classes covered* scores the newest checkpoint of each run (EMA weights when \
+the run keeps them) on {} samples drawn with the run's seed: the classifier FID against the MNIST test set \
+and the digit classes holding at least 1% of the samples (docs/evaluation.md; classifier `{}`). \
+These are short runs: the scores compare techniques at equal budgets, not converged quality.\n",
+        opts.dir.display(),
+        opts.eval_n,
+        opts.classifier.display()
     )?;
-    writeln!(md, "| run | technique | iterations | seconds | final D loss | final G loss | \\|∇D\\| median | \\|∇D\\| max | \\|∇G\\| median | \\|∇G\\| max | G vanishing updates | non-finite updates | diverged | FID / coverage |")?;
+    writeln!(md, "| run | technique | iterations | seconds | final D loss | final G loss | \\|∇D\\| median | \\|∇D\\| max | \\|∇G\\| median | \\|∇G\\| max | G vanishing updates | non-finite updates | diverged | FID / classes covered |")?;
     writeln!(md, "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")?;
     for r in runs {
         let (dm, dx) = median_max(&r.d_norms);
@@ -227,7 +294,7 @@ classed as vanishing (norm under `health.vanish_threshold` for `health.vanish_pa
         };
         writeln!(
             md,
-            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | n/a (evaluation lands separately) |",
+            "| {} | {} | {} | {:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             r.name,
             r.description.replace('|', "/"),
             r.iterations,
@@ -240,7 +307,8 @@ classed as vanishing (norm under `health.vanish_threshold` for `health.vanish_pa
             g3(gx),
             r.g_vanishing_updates,
             r.nonfinite_updates,
-            div
+            div,
+            r.quality.to_string().replace('|', "/")
         )?;
     }
     writeln!(md, "\n## Gradient-norm trajectories\n")?;
@@ -383,6 +451,7 @@ mod tests {
             g_exploding_updates: 0,
             explode_threshold: 10.0,
             error: None,
+            quality: Quality::Missing("n/a".into()),
         };
         assert!(!r.diverged());
         r.g_norms.push(11.0);

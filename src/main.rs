@@ -69,6 +69,12 @@ enum Command {
         /// Rebuild the report from the existing run directories, without training.
         #[arg(long)]
         report_only: bool,
+        /// The MNIST classifier that scores each run (default: classifier.safetensors in the MNIST folder).
+        #[arg(long)]
+        classifier: Option<PathBuf>,
+        /// Samples per quality score.
+        #[arg(long, default_value_t = 2000, value_parser = clap::value_parser!(u64).range(2..))]
+        eval_n: u64,
     },
     /// Write PNG plots of a run's losses and gradient norms (from its metrics.jsonl) into RUN_DIR/plots.
     Plot {
@@ -219,11 +225,15 @@ fn run(cli: Cli) -> Result<ExitCode> {
             sample(&checkpoint, n, &out, format, seed, weights)?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Ablate { dir, runs_dir, out, data, overrides, report_only } => {
+        Command::Ablate { dir, runs_dir, out, data, overrides, report_only, classifier, eval_n } => {
             // The program name as users type it, not the path of this binary.
             let args = std::env::args().skip(1).map(|a| if a.contains(' ') { format!("{a:?}") } else { a });
             let command = std::iter::once("gandist".to_string()).chain(args).collect::<Vec<_>>().join(" ");
-            let opts = gandist::ablation::AblateOptions { dir, runs_dir, out, data_dir: mnist::resolve_dir(data.as_deref()), overrides, report_only, command };
+            let data_dir = mnist::resolve_dir(data.as_deref());
+            let classifier = gandist::eval::classifier::resolve_path(classifier.as_deref(), &data_dir);
+            let opts = gandist::ablation::AblateOptions {
+                dir, runs_dir, out, data_dir, overrides, report_only, command, classifier, eval_n: eval_n as usize,
+            };
             let runs = gandist::ablation::run(&opts)?;
             let failed = runs.iter().filter(|r| r.error.is_some()).count();
             if failed > 0 {

@@ -1,5 +1,6 @@
 //! `gandist classifier train` and `gandist eval` end to end on real MNIST: the FID sanity
-//! checks of docs/evaluation.md, coverage, periodic evaluation in training, and clear errors.
+//! checks of docs/evaluation.md, coverage, periodic evaluation in training (logged and exported
+//! as metrics), `ablate`'s quality column, and clear errors.
 //!
 //! One small classifier is trained once for all tests (2 epochs on the first 4000 training
 //! images, 64 steps of Adam). It reaches about 95% test accuracy (see the assertion's
@@ -150,6 +151,87 @@ fn eval_of_a_checkpoint_and_periodic_eval_in_training() {
         &["gandist classifier train", "/nonexistent/c.safetensors"],
     );
     assert!(gandist::checkpoint::list(&run2.join("checkpoints")).is_empty());
+}
+
+/// `gandist ablate` scores each run's newest checkpoint with the run's own seed: the report's
+/// value equals what `gandist eval` computes for that checkpoint (rounded to the table's 0.1).
+#[test]
+fn ablate_scores_each_run_like_eval() {
+    let data = mnist_dir();
+    let d = data.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("abl");
+    std::fs::create_dir_all(&dir).unwrap();
+    let smoke = std::fs::read_to_string(smoke_config()).unwrap().replace("iterations = 6", "iterations = 3");
+    std::fs::write(dir.join("x-gp.toml"), format!("# baseline\n{smoke}")).unwrap();
+    let out = tmp.path().join("report.md");
+    let runs = tmp.path().join("runs");
+    let c = classifier().to_str().unwrap();
+    ok(&["ablate", dir.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap(), "--out", out.to_str().unwrap(),
+         "--data", d, "--classifier", c, "--eval-n", "64", "--set", "train.seed=5"]);
+    let md = std::fs::read_to_string(&out).unwrap();
+    let row = md.lines().find(|l| l.starts_with("| x-gp |")).unwrap_or_else(|| panic!("{md}"));
+    let cell = row.trim_end_matches(" |").rsplit("| ").next().unwrap();
+    // "FID / classes (step S)"
+    let parts: Vec<&str> = cell.split_whitespace().collect();
+    assert_eq!((parts[1], parts[3], parts[4]), ("/", "(step", "3)"), "{cell}");
+    let (table_fid, table_classes): (f64, u64) = (parts[0].parse().unwrap(), parts[2].parse().unwrap());
+    let m = eval_json(&["--checkpoint", runs.join("x-gp").to_str().unwrap(), "--n", "64", "--seed", "5"]);
+    assert!((fid(&m) - table_fid).abs() <= 0.05 + 1e-9 * table_fid, "table {table_fid} vs eval {}", fid(&m));
+    assert_eq!(m["classes_covered"].as_u64(), Some(table_classes));
+    assert!(md.contains("on 64 samples"), "{md}");
+}
+
+/// The value of an unlabelled or labelled sample `name` in Prometheus text.
+fn metric(text: &str, name: &str) -> Option<f64> {
+    text.lines()
+        .find(|l| l.strip_prefix(name).is_some_and(|rest| rest.starts_with(' ') || rest.starts_with('{')))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+}
+
+/// Periodic evaluation reaches the exporter: while a run with metrics on trains, /metrics shows
+/// the FID and coverage that the scalar log holds for the step in `gandist_eval_step`.
+#[test]
+fn periodic_eval_scores_are_exported_as_metrics() {
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+    let data = mnist_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let set_classifier = format!("eval.classifier=\"{}\"", classifier().display());
+    let mut child = Command::new(bin())
+        .args(["train", "--config", smoke_config().to_str().unwrap(), "--data", data.to_str().unwrap(), "--run-dir", run.to_str().unwrap(),
+               "--set", "train.iterations=60", "--set", "eval.every=2", "--set", "eval.n=64", "--set", &set_classifier,
+               "--set", "metrics.enabled=true", "--set", "metrics.port_base=0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let targets = run.join("prometheus-targets.json");
+    let deadline = Instant::now() + Duration::from_secs(120);
+    let mut seen = None;
+    while seen.is_none() && child.try_wait().unwrap().is_none() && Instant::now() < deadline {
+        let addr = std::fs::read_to_string(&targets).ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v[0]["targets"][0].as_str().map(str::to_string));
+        let text = addr.and_then(|a| ureq::get(&format!("http://{a}/metrics")).timeout(Duration::from_secs(5)).call().ok()?.into_string().ok());
+        if let Some(t) = text {
+            let step = metric(&t, "gandist_eval_step").filter(|s| s.is_finite());
+            if let Some(step) = step {
+                seen = Some((step, metric(&t, "gandist_eval_fid").unwrap(), metric(&t, "gandist_eval_classes_covered").unwrap()));
+            } else {
+                assert!(metric(&t, "gandist_eval_fid").is_some_and(f64::is_nan), "no FID before the first evaluation:\n{t}");
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(child.wait().unwrap().success());
+    let (step, fid, classes) = seen.expect("no evaluation was exported while the run trained");
+    let log = gandist::runlog::read(&run.join("metrics.jsonl")).unwrap();
+    let r = log.iter().find(|r| r["step"].as_f64() == Some(step) && r.contains_key("fid")).unwrap_or_else(|| panic!("no logged evaluation at step {step}"));
+    assert_eq!(r["fid"].as_f64(), Some(fid), "exported FID equals the logged one");
+    assert_eq!(r["classes_covered"].as_f64(), Some(classes));
 }
 
 #[test]
