@@ -102,6 +102,9 @@ enum Command {
         /// Classifier file (default: <MNIST folder>/classifier.safetensors).
         #[arg(long)]
         classifier: Option<PathBuf>,
+        /// With --checkpoint, which generator weights: the EMA ones when the run kept them (auto), or not.
+        #[arg(long, value_enum, default_value_t = Weights::Auto)]
+        weights: Weights,
     },
     /// The MNIST classifier that `eval` uses.
     Classifier {
@@ -153,6 +156,16 @@ enum Weights {
     Auto,
     Ema,
     Raw,
+}
+
+impl From<Weights> for gandist::checkpoint::GeneratorWeights {
+    fn from(w: Weights) -> Self {
+        match w {
+            Weights::Auto => Self::Auto,
+            Weights::Ema => Self::Ema,
+            Weights::Raw => Self::Raw,
+        }
+    }
 }
 
 #[derive(Subcommand)]
@@ -247,8 +260,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { checkpoint, samples, n, seed, data, classifier } => {
-            eval(checkpoint.as_deref(), samples.as_deref(), n, seed, data.as_deref(), classifier.as_deref())?;
+        Command::Eval { checkpoint, samples, n, seed, data, classifier, weights } => {
+            eval(checkpoint.as_deref(), samples.as_deref(), n, seed, data.as_deref(), classifier.as_deref(), weights)?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Classifier { action: ClassifierAction::Train { data, out, epochs, seed, batch, lr, limit, threads, min_accuracy } } => {
@@ -321,17 +334,11 @@ fn run(cli: Cli) -> Result<ExitCode> {
 }
 
 fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u64, weights: Weights) -> Result<()> {
-    use gandist::checkpoint::GeneratorWeights;
     if n == 0 {
         bail!("--n must be at least 1");
     }
     let device = gandist::device::select("auto", 0)?;
-    let which = match weights {
-        Weights::Auto => GeneratorWeights::Auto,
-        Weights::Ema => GeneratorWeights::Ema,
-        Weights::Raw => GeneratorWeights::Raw,
-    };
-    let ck = gandist::checkpoint::load_generator(checkpoint, which, device)?;
+    let ck = gandist::checkpoint::load_generator(checkpoint, weights.into(), device)?;
     gandist::train::step::seed_stream(seed, gandist::train::step::purpose::FIXED_NOISE, 1);
     let z = tch::Tensor::randn([n as i64, ck.config.model.latent], (tch::Kind::Float, tch::Device::Cpu)).to_device(device);
     let bytes = tch::no_grad(|| gandist::model::to_bytes(&ck.generator.forward(&z)));
@@ -345,7 +352,15 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
     Ok(())
 }
 
-fn eval(checkpoint: Option<&Path>, samples: Option<&Path>, n: Option<usize>, seed: u64, data: Option<&Path>, classifier: Option<&Path>) -> Result<()> {
+fn eval(
+    checkpoint: Option<&Path>,
+    samples: Option<&Path>,
+    n: Option<usize>,
+    seed: u64,
+    data: Option<&Path>,
+    classifier: Option<&Path>,
+    weights: Weights,
+) -> Result<()> {
     use gandist::eval::{self, classifier as cls, Evaluator};
     if n.is_some_and(|n| n < 2) {
         bail!("--n must be at least 2 (the Frechet distance needs a covariance)");
@@ -355,9 +370,10 @@ fn eval(checkpoint: Option<&Path>, samples: Option<&Path>, n: Option<usize>, see
     // Inputs are checked before the classifier is loaded: their errors come first.
     let (images, source) = match (checkpoint, samples) {
         (Some(c), _) => {
-            let ck = gandist::checkpoint::load_generator(c, gandist::checkpoint::GeneratorWeights::Auto, device)?;
+            let ck = gandist::checkpoint::load_generator(c, weights.into(), device)?;
             let n = n.unwrap_or(10_000);
-            (eval::generate(&ck.generator, n, seed), format!("{} (step {}), {n} samples, seed {seed}", ck.dir.display(), ck.meta.step))
+            let which = if ck.ema { ", EMA weights" } else { "" };
+            (eval::generate(&ck.generator, n, seed), format!("{} (step {}{which}), {n} samples, seed {seed}", ck.dir.display(), ck.meta.step))
         }
         (None, Some(p)) => {
             let (images, total) = eval::read_samples(p, n)?;

@@ -276,10 +276,12 @@ fn load_evaluator(cfg: &Config, data_dir: &Path, device: Device) -> Result<crate
     crate::eval::Evaluator::load(&path, device).context("eval.every > 0 needs the MNIST classifier")
 }
 
-/// Evaluates the current generator on `eval.n` samples (the same noise every time).
+/// Evaluates the current generator on `eval.n` samples (the same noise every time): the EMA
+/// weights when the run keeps them, as `gandist eval` does for the run's checkpoints.
 fn evaluate(ev: &crate::eval::Evaluator, t: &Trainer, cfg: &Config) -> Result<Map<String, Value>> {
     let start = Instant::now();
-    let images = crate::eval::generate(&t.generator, cfg.eval.n, cfg.train.seed);
+    let g = t.ema.as_ref().map_or(&t.generator, |(_, g)| g);
+    let images = crate::eval::generate(g, cfg.eval.n, cfg.train.seed);
     let mut m = ev.evaluate(&images)?.to_json();
     m.insert("eval_seconds".into(), json!(start.elapsed().as_secs_f64()));
     Ok(m)
