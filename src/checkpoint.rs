@@ -39,6 +39,10 @@ pub struct Meta {
     /// Anything else a component keeps between runs (e.g. learning-rate scale).
     #[serde(default)]
     pub extra: BTreeMap<String, f64>,
+    /// The gradient-health detectors by network ("critic", "generator"); absent in
+    /// checkpoints that predate it (the detectors then start afresh).
+    #[serde(default)]
+    pub health: BTreeMap<String, crate::health::HealthSnapshot>,
 }
 
 /// Float32 tensors by name, as host vectors with shapes.
@@ -294,6 +298,7 @@ mod tests {
             libtorch_version: "t".into(),
             state_sha256: String::new(),
             extra: BTreeMap::new(),
+            health: BTreeMap::new(),
         }
     }
 

@@ -4,13 +4,17 @@
 //! one was not itself under the vanishing threshold) or
 //! non-finite. Diagnostic only: it changes nothing in training. The trainer keeps one per
 //! network and reports `state()` on the progress line and in the scalar log; other modules
-//! (metrics) read it through `state()` and `counts()`.
+//! (metrics) read it through `state()` and `counts()`. Its state travels in checkpoints
+//! (`snapshot`, `restore`), so that a resumed run classifies and counts as if never stopped.
 
 use crate::config::HealthConfig;
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub enum GradientHealth {
+    #[default]
     Healthy,
     Vanishing,
     Exploding,
@@ -33,12 +37,21 @@ impl GradientHealth {
     }
 }
 
-/// How many updates were in each unhealthy state since the start of this process.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+/// How many updates were in each unhealthy state since the start of the run.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HealthCounts {
     pub vanishing: u64,
     pub exploding: u64,
     pub non_finite: u64,
+}
+
+/// A monitor's state, as kept in a checkpoint's meta.json.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HealthSnapshot {
+    pub below: u64,
+    pub window: Vec<f64>,
+    pub state: GradientHealth,
+    pub counts: HealthCounts,
 }
 
 pub struct HealthMonitor {
@@ -97,6 +110,20 @@ impl HealthMonitor {
     pub fn counts(&self) -> HealthCounts {
         self.counts
     }
+
+    pub fn snapshot(&self) -> HealthSnapshot {
+        HealthSnapshot { below: self.below, window: self.window.iter().copied().collect(), state: self.state, counts: self.counts }
+    }
+
+    /// Continues from a snapshot (taken under the same configuration: the window keeps at most
+    /// `growth_window` norms).
+    pub fn restore(&mut self, s: &HealthSnapshot) {
+        let keep = s.window.len().saturating_sub(self.cfg.growth_window as usize);
+        self.below = s.below;
+        self.window = s.window[keep..].iter().copied().collect();
+        self.state = s.state;
+        self.counts = s.counts;
+    }
 }
 
 #[cfg(test)]
@@ -142,5 +169,25 @@ mod tests {
         assert_eq!(m.counts(), HealthCounts { vanishing: 1, exploding: 1, non_finite: 2 });
         assert_eq!(NonFinite.as_str(), "non-finite");
         assert_eq!(Exploding.code(), 2);
+    }
+
+    /// A monitor restored from a snapshot (through JSON, as in meta.json) classifies the rest
+    /// of a sequence exactly like one that saw all of it.
+    #[test]
+    fn snapshot_restore_continues_the_sequence() {
+        let seq = [5.0, 1e-4, 1e-4, 6.0, 1e-4, 1e-4, 80.0, f64::NAN, 1e-4, 1e-4, 1e-4, 700.0];
+        for cut in 0..seq.len() {
+            let mut first = HealthMonitor::new(&cfg());
+            seq[..cut].iter().for_each(|&n| { first.observe(n); });
+            let json = serde_json::to_string(&first.snapshot()).unwrap();
+            let mut resumed = HealthMonitor::new(&cfg());
+            resumed.restore(&serde_json::from_str(&json).unwrap());
+            let rest: Vec<GradientHealth> = seq[cut..].iter().map(|&n| resumed.observe(n)).collect();
+            assert_eq!(rest, run(&seq)[cut..].to_vec(), "cut at {cut}");
+            let mut whole = HealthMonitor::new(&cfg());
+            seq.iter().for_each(|&n| { whole.observe(n); });
+            assert_eq!(resumed.counts(), whole.counts(), "cut at {cut}");
+        }
+        assert!(serde_json::to_string(&NonFinite).unwrap().contains("non-finite"));
     }
 }

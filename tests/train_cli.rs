@@ -35,7 +35,8 @@ fn short_run_has_finite_losses_grids_and_checkpoints() {
     assert!(config.contains("batch_size = 16"));
 }
 
-/// 2N iterations straight and N + resume + N give bit-identical state on CPU.
+/// 2N iterations straight and N + resume + N give bit-identical state on CPU, and the same
+/// gradient-health counts (a threshold that classes every norm as vanishing makes them grow).
 #[test]
 fn resume_is_exact() {
     let data = mnist_dir();
@@ -43,15 +44,23 @@ fn resume_is_exact() {
     let tmp = tempfile::tempdir().unwrap();
     let straight = tmp.path().join("straight");
     let split = tmp.path().join("split");
-    ok(&train_args(straight.to_str().unwrap(), d, &["--set", "train.iterations=6"]));
-    ok(&train_args(split.to_str().unwrap(), d, &["--set", "train.iterations=3"]));
-    let out = ok(&train_args(split.to_str().unwrap(), d, &["--set", "train.iterations=6", "--resume", "auto"]));
+    let health = ["--set", "health.vanish_threshold=1e9", "--set", "health.vanish_patience=2"];
+    ok(&train_args(straight.to_str().unwrap(), d, &[&["--set", "train.iterations=6"][..], &health].concat()));
+    ok(&train_args(split.to_str().unwrap(), d, &[&["--set", "train.iterations=3"][..], &health].concat()));
+    let out = ok(&train_args(split.to_str().unwrap(), d, &[&["--set", "train.iterations=6", "--resume", "auto"][..], &health].concat()));
     assert!(out.contains("resumed from"), "{out}");
     let a = state(&straight.join("checkpoints/step-000000006"));
     let b = state(&split.join("checkpoints/step-000000006"));
     assert_eq!(a.keys().collect::<Vec<_>>(), b.keys().collect::<Vec<_>>());
     for (k, va) in &a {
         assert!(va.iter().zip(&b[k]).all(|(x, y)| x.to_bits() == y.to_bits()), "{k} differs after resume");
+    }
+    let last = |run: &std::path::Path| gandist::runlog::read(&run.join("metrics.jsonl")).unwrap().pop().unwrap();
+    let (a_log, b_log) = (last(&straight), last(&split));
+    assert_eq!(b_log["step"].as_u64(), Some(6));
+    assert_eq!(a_log["g_vanishing_updates"].as_u64(), Some(5), "updates 2..=6 under the threshold: {a_log:?}");
+    for k in ["g_vanishing_updates", "d_vanishing_updates", "g_health", "d_health"] {
+        assert_eq!(a_log[k], b_log[k], "{k} after resume");
     }
     // And the run really moved: the state differs from step 3.
     let c = state(&split.join("checkpoints/step-000000003"));

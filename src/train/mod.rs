@@ -147,6 +147,14 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         };
         if let Some(l) = loaded {
             restore(&mut trainer, &l)?;
+            // Only on resume: a rollback keeps the live detectors, whose counts include the
+            // non-finite updates that caused it.
+            if let Some(h) = l.meta.health.get("critic") {
+                trainer.health_d.restore(h);
+            }
+            if let Some(h) = l.meta.health.get("generator") {
+                trainer.health_g.restore(h);
+            }
             if is_root {
                 eprintln!("resumed from {} at step {}", l.dir.display(), l.meta.step);
             }
@@ -398,6 +406,7 @@ fn save_checkpoint(t: &Trainer, root: &Path, cfg: &Config) -> Result<()> {
         libtorch_version: crate::LIBTORCH_VERSION.into(),
         state_sha256: String::new(),
         extra,
+        health: [("critic".to_string(), t.health_d.snapshot()), ("generator".to_string(), t.health_g.snapshot())].into(),
     };
     checkpoint::save(root, meta, &state)?;
     checkpoint::prune(root, cfg.train.keep_checkpoints)
