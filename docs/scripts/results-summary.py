@@ -4,7 +4,8 @@
 Input: JSON lines {"run": NAME-sSEED, "seed": S, "step": K, "eval": <the JSON line `gandist eval`
 prints>} (docs/scripts/results-runs.sh writes them). Output, per configuration (NAME): one row per
 step with each seed's FID and classes covered, and the mean and sample standard deviation of
-the FID over the seeds.
+the FID over the seeds; then one summary table of every configuration's last step (FID, classes
+covered, KL(classes || uniform), confidence, over the seeds).
 
     docs/scripts/results-summary.py evals.jsonl [NAME ...]
 """
@@ -43,6 +44,18 @@ def main():
             sd = f" ± {statistics.stdev(fids):.1f}" if len(fids) > 1 else ""
             print(f"| {step} | {' | '.join(cells)} | {statistics.mean(fids):.1f}{sd} |")
         print()
+    print("| configuration | step | seeds | FID mean ± sd | classes covered (per seed) | KL mean | confidence mean |")
+    print("|---|---|---|---|---|---|---|")
+    for name in names or sorted(runs):
+        step = max(runs[name])
+        per = runs[name][step]
+        evs = [per[s] for s in sorted(per)]
+        fids = [e["fid"] for e in evs]
+        sd = f" ± {statistics.stdev(fids):.1f}" if len(fids) > 1 else ""
+        classes = ", ".join(str(e["classes_covered"]) for e in evs)
+        kl = statistics.mean(e["kl_uniform"] for e in evs)
+        conf = statistics.mean(e["confidence"] for e in evs)
+        print(f"| {name} | {step} | {len(evs)} | {statistics.mean(fids):.1f}{sd} | {classes} | {kl:.3f} | {conf:.3f} |")
 
 
 if __name__ == "__main__":
