@@ -25,9 +25,12 @@ pub struct AblateOptions {
     pub report_only: bool,
     /// The command line, recorded in the report.
     pub command: String,
-    /// The MNIST classifier that scores each run's newest checkpoint; a missing file leaves the
-    /// quality column empty, with the command that makes one.
+    /// The MNIST classifier that scores each run's newest checkpoint. At the default place a
+    /// missing file leaves the quality column empty, with the command that makes one; a file
+    /// named with `--classifier` (`classifier_given`) must exist. A file that does not load is
+    /// an error either way, before any training.
     pub classifier: PathBuf,
+    pub classifier_given: bool,
     /// Samples per quality score.
     pub eval_n: usize,
 }
@@ -95,6 +98,7 @@ pub fn description(text: &str) -> String {
 
 pub fn run(opts: &AblateOptions) -> Result<Vec<RunSummary>> {
     let configs = configs_in(&opts.dir)?;
+    let evaluator = load_evaluator(opts)?;
     // Validate every configuration before spending time on training.
     let mut loaded = Vec::new();
     for p in &configs {
@@ -135,7 +139,7 @@ pub fn run(opts: &AblateOptions) -> Result<Vec<RunSummary>> {
         s.error = error.or(s.error);
         out.push(s);
     }
-    score(opts, &mut out);
+    score(opts, evaluator.as_ref(), &mut out);
     write_report(opts, &out)?;
     Ok(out)
 }
@@ -176,21 +180,13 @@ pub fn summarize(name: &str, desc: &str, cfg: &Config, log: &Path) -> Result<Run
 /// evaluation noise (so `gandist eval --checkpoint RUN --seed SEED` reproduces each value).
 /// Quality is an addition to the report: a missing classifier or checkpoint is written into the
 /// table instead of failing the ablation.
-fn score(opts: &AblateOptions, runs: &mut [RunSummary]) {
+fn score(opts: &AblateOptions, evaluator: Option<&crate::eval::Evaluator>, runs: &mut [RunSummary]) {
     use crate::checkpoint::{self, GeneratorWeights};
-    use crate::eval::{self, Evaluator};
-    if !opts.classifier.exists() {
+    use crate::eval;
+    let Some(evaluator) = evaluator else {
         let why = format!("n/a: no classifier at {} (`gandist classifier train`)", opts.classifier.display());
         runs.iter_mut().for_each(|r| r.quality = Quality::Missing(why.clone()));
         return;
-    }
-    let evaluator = match Evaluator::load(&opts.classifier, tch::Device::Cpu) {
-        Ok(e) => e,
-        Err(e) => {
-            let why = format!("n/a: {e:#}");
-            runs.iter_mut().for_each(|r| r.quality = Quality::Missing(why.clone()));
-            return;
-        }
     };
     for r in runs.iter_mut() {
         let run_dir = opts.runs_dir.join(&r.name);
@@ -206,6 +202,17 @@ fn score(opts: &AblateOptions, runs: &mut [RunSummary]) {
             }
         };
     }
+}
+
+/// The classifier for the quality column, checked before any training (see `AblateOptions`).
+fn load_evaluator(opts: &AblateOptions) -> Result<Option<crate::eval::Evaluator>> {
+    if !opts.classifier.exists() {
+        if opts.classifier_given {
+            bail!("--classifier {}: no such file (make one with `gandist classifier train`)", opts.classifier.display());
+        }
+        return Ok(None);
+    }
+    crate::eval::Evaluator::load(&opts.classifier, tch::Device::Cpu).map(Some)
 }
 
 impl std::fmt::Display for Quality {

@@ -243,9 +243,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
             let args = std::env::args().skip(1).map(|a| if a.contains(' ') { format!("{a:?}") } else { a });
             let command = std::iter::once("gandist".to_string()).chain(args).collect::<Vec<_>>().join(" ");
             let data_dir = mnist::resolve_dir(data.as_deref());
+            let classifier_given = classifier.is_some();
             let classifier = gandist::eval::classifier::resolve_path(classifier.as_deref(), &data_dir);
             let opts = gandist::ablation::AblateOptions {
-                dir, runs_dir, out, data_dir, overrides, report_only, command, classifier, eval_n: eval_n as usize,
+                dir, runs_dir, out, data_dir, overrides, report_only, command, classifier, classifier_given, eval_n: eval_n as usize,
             };
             let runs = gandist::ablation::run(&opts)?;
             let failed = runs.iter().filter(|r| r.error.is_some()).count();

@@ -115,6 +115,19 @@ fn ablate_writes_a_table_and_plots() {
     assert!(runs.join("x-gp/metrics.jsonl").exists());
     // A second run replaces the previous run directories instead of refusing them.
     ok(&["ablate", dir.to_str().unwrap(), "--runs-dir", runs.to_str().unwrap(), "--out", out.to_str().unwrap(), "--data", data.to_str().unwrap()]);
+    // A classifier named on the command line that is missing or not a classifier fails before
+    // any training (the run directories of the previous ablation stay as they were).
+    let before = std::fs::metadata(runs.join("x-gp/metrics.jsonl")).unwrap().modified().unwrap();
+    let missing = tmp.path().join("nope.safetensors");
+    let abl = |c: &str| vec!["ablate".to_string(), dir.to_str().unwrap().into(), "--runs-dir".into(), runs.to_str().unwrap().into(),
+                             "--out".into(), out.to_str().unwrap().into(), "--data".into(), data.to_str().unwrap().into(), "--classifier".into(), c.into()];
+    let args = abl(missing.to_str().unwrap());
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["--classifier", "nope.safetensors", "no such file"]);
+    let junk = tmp.path().join("junk.safetensors");
+    std::fs::write(&junk, b"not a classifier").unwrap();
+    let args = abl(junk.to_str().unwrap());
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["junk.safetensors"]);
+    assert_eq!(std::fs::metadata(runs.join("x-gp/metrics.jsonl")).unwrap().modified().unwrap(), before, "no run was retrained");
     // A folder without configurations is a clear error.
     let empty = tmp.path().join("empty");
     std::fs::create_dir_all(&empty).unwrap();
