@@ -16,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 . launch/env.sh
 rounds="${1:-3}"; iterations="${2:-150}"; shift 2 || shift $#
 BIN=target/debug/gandist
-DATA="${GANDIST_TEST_DATA:-$(cd .. && pwd)/shared/data/mnist}"
+DATA="${GANDIST_TEST_DATA:-$PWD/data/mnist}"
 [ -x "$BIN" ] || { echo "build first: cargo build --bin gandist" >&2; exit 1; }
 tmp="$(mktemp -d /tmp/gandist-scrape.XXXXXX)"
 pids=""

@@ -12,13 +12,16 @@ pub fn repo() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
 }
 
-/// The MNIST folder for tests: GANDIST_TEST_DATA, else ../shared/data/mnist. Panics when it is
-/// missing, so that a test machine without the data fails loudly rather than passing vacuously.
+/// The MNIST folder for tests: GANDIST_TEST_DATA (launch/test.sh sets it to the clone's
+/// data/mnist, which it makes first), else this clone's data/mnist. Panics when it is missing,
+/// so that a test machine without the data fails loudly rather than passing vacuously.
 pub fn mnist_dir() -> PathBuf {
-    let p = std::env::var_os("GANDIST_TEST_DATA")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| repo().join("../shared/data/mnist"));
-    assert!(p.join("train-images-idx3-ubyte.gz").exists(), "MNIST not found in {} (set GANDIST_TEST_DATA)", p.display());
+    let p = std::env::var_os("GANDIST_TEST_DATA").map(PathBuf::from).unwrap_or_else(|| repo().join("data/mnist"));
+    assert!(
+        p.join("train-images-idx3-ubyte.gz").exists() || p.join("train-images-idx3-ubyte").exists(),
+        "MNIST not found in {} (run launch/test.sh, which makes data/mnist, or set GANDIST_TEST_DATA)",
+        p.display()
+    );
     p
 }
 

@@ -16,7 +16,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 export OMPI_MCA_rmaps_base_oversubscribe=1
 
 BIN=target/debug/gandist
-DATA="${GANDIST_TEST_DATA:-$(cd .. && pwd)/shared/data/mnist}"
+DATA="${GANDIST_TEST_DATA:-$PWD/data/mnist}"
 SCHEMA_DIR="$GANDIST_CACHE/grafana-schema"
 GRAFANA_SCHEMA_VERSION=13.2.3
 TYPESCRIPT_VERSION=7.0.2

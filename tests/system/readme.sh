@@ -4,7 +4,7 @@
 # launch/test.sh, is what CI runs from its own fresh clone.)
 set -euo pipefail
 repo="$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)"
-data="${GANDIST_TEST_DATA:-$(cd "$repo/.." && pwd)/shared/data/mnist}"
+data="${GANDIST_TEST_DATA:-$repo/data/mnist}"
 tmp="$(mktemp -d /tmp/gandist-readme.XXXXXX)"
 trap 'rm -rf "$tmp"' EXIT
 git clone -q "$repo" "$tmp/clone"

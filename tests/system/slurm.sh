@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . launch/env.sh
 bin="$PWD/target/debug/gandist"
-data="${GANDIST_TEST_DATA:-$(cd .. && pwd)/shared/data/mnist}"
+data="${GANDIST_TEST_DATA:-$PWD/data/mnist}"
 tmp="$(mktemp -d /tmp/gandist-slurm.XXXXXX)"
 pids=()
 cleanup() {
