@@ -54,7 +54,7 @@ nodes_track_pid $job
 targets="$work/long/prometheus-targets.json"
 for _ in $(seq 600); do
   [ -s "$targets" ] && [ "$(jq length "$targets" 2>/dev/null)" = 4 ] && break
-  kill -0 $job 2>/dev/null || fail "the long run ended early"
+  running $job || fail "the long run ended early"
   sleep 0.1
 done
 [ "$(jq length "$targets" 2>/dev/null)" = 4 ] || fail "no targets file with 4 ranks at $targets"
@@ -78,14 +78,14 @@ for _ in $(seq 1200); do
   c="$(newest_checkpoint "$work/long")"
   step="$(checkpoint_step "${c:-none}")"
   [ "${step:-0}" -ge 4 ] && break
-  kill -0 $job 2>/dev/null || fail "the long run ended early"
+  running $job || fail "the long run ended early"
   sleep 0.1
 done
 [ "${step:-0}" -ge 4 ] || fail "the long run wrote no checkpoint at step 4 or later"
 killed_at=$SECONDS
 node_kill_processes gdm2 || fail "gdm2's processes survived SIGKILL"
-for _ in $(seq 600); do kill -0 $job 2>/dev/null || break; sleep 0.1; done
-kill -0 $job 2>/dev/null && fail "the job still runs 60 s after node gdm2 died"
+for _ in $(seq 600); do running $job || break; sleep 0.1; done
+running $job && fail "the job still runs 60 s after node gdm2 died"
 took=$((SECONDS - killed_at))
 rc=0; wait $job || rc=$?
 [ "$rc" != 0 ] || fail "mpirun exited 0 although a node died"

@@ -14,6 +14,8 @@
 #                                thing, then every process is killed and the namespace removed
 #   node_restore NODE            brings a powered-off node back (same name and address, nothing
 #                                running on it)
+#   running PID                  whether the process runs (a zombie that its parent has not
+#                                waited for yet does not count, unlike with kill -0)
 #   nodes_track_pid PID          a process to stop at teardown (TERM, then KILL)
 #   nodes_on_exit 'COMMAND'      a command to run at teardown, before the nodes go
 #   nodes_mpirun_args            mpirun options that start Open MPI's daemons on the nodes
@@ -141,6 +143,12 @@ node_restore() {
   _node_add "$name" "$(node_ip "$name")"
 }
 
+running() {
+  local state
+  state="$(awk '/^State:/ { print $2 }' "/proc/$1/status" 2>/dev/null)"
+  [ -n "$state" ] && [ "$state" != Z ]
+}
+
 nodes_track_pid() { _nodes_pids+=("$1"); }
 nodes_on_exit() { _nodes_hooks+=("$1"); }
 
@@ -156,7 +164,7 @@ _nodes_teardown() {
   for h in "${_nodes_hooks[@]}"; do eval "$h"; done
   for p in "${_nodes_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${_nodes_pids[@]}"; do
-    for _ in $(seq 30); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
+    for _ in $(seq 30); do running "$p" || break; sleep 0.1; done
     kill -KILL "$p" 2>/dev/null
     wait "$p" 2>/dev/null
   done
