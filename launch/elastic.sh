@@ -74,7 +74,6 @@ done
 [ -n "$run_dir" ] || die "gandist train's arguments need --run-dir DIR: the checkpoints to restart from live there"
 GANDIST="${GANDIST:-$here/../target/release/gandist}"
 [ -x "$GANDIST" ] || die "no gandist binary at $GANDIST (set GANDIST)"
-mkdir -p "$run_dir" || die "cannot create run directory $run_dir"
 log_file="$run_dir/elastic.log"
 
 log() {
@@ -157,6 +156,7 @@ print(tomllib.loads(json.load(open(sys.argv[1]))["config"])["data"]["batch_size"
 EOF
 }
 
+mkdir -p "$run_dir" || die "cannot create run directory $run_dir"
 child=""
 stop_requested=""
 on_signal() {
@@ -189,7 +189,8 @@ while :; do
   [ -n "$newest_step" ] && from="resuming from step $newest_step ($newest_dir)"
   what="attempt $attempt"
   [ "$attempt" -gt 1 ] && what="restart $restarts of at most $max_restarts"
-  log "$what: hosts ${use_hosts[*]}${lost:+ (not answering: ${lost[*]})}; $ranks ranks${batch:+, global batch $batch}; $from"
+  noun=ranks; [ "$ranks" = 1 ] && noun=rank
+  log "$what: hosts ${use_hosts[*]}${lost:+ (not answering: ${lost[*]})}; $ranks $noun${batch:+, global batch $batch}; $from"
 
   started_step="${newest_step:-none}"
   start_time=$SECONDS
