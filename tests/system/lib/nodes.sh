@@ -11,18 +11,19 @@
 #   node_ip NODE                 its address
 #   node_kill_processes NODE     SIGKILL to every process on NODE (their sockets close: peers see it)
 #   node_power_off NODE          a silent death: the link is cut first, so no peer hears a
-#                                thing, then every process is killed and the namespace removed
+#                                thing, then every process is killed and the node removed
 #   node_restore NODE            brings a powered-off node back (same name and address, nothing
 #                                running on it)
 #   running PID                  whether the process runs (a zombie that its parent has not
 #                                waited for yet does not count, unlike with kill -0)
 #   nodes_track_pid PID          a process to stop at teardown (TERM, then KILL)
-#   nodes_on_exit 'COMMAND'      a command to run at teardown, before the nodes go
 #   nodes_mpirun_args            mpirun options that start Open MPI's daemons on the nodes
 #
-# Teardown runs on every exit (EXIT, INT, TERM traps): it runs the registered commands, stops the
-# tracked processes, kills every process left in the namespaces, and removes the namespaces,
-# the bridge and the working folder, and only what nodes_up made. nodes_up refuses to start when
+# Teardown runs on every exit (EXIT, INT, TERM traps): it stops the tracked processes, kills
+# every process left in the namespaces, and removes the namespaces, their veth pairs, the bridge
+# and the working folder (NODES_KEEP=1 keeps the folder for a look), and only what nodes_up
+# made. A test that needs more clean-up of its own has nodes_up's trap do it by tracking pids or
+# by keeping its files in NODES_DIR. nodes_up refuses to start when
 # a bridge, namespace or veth of its names, or an address or route in its /24, already exists:
 # such things belong to someone else and are never touched.
 #
@@ -39,7 +40,6 @@ NODES_NAMES=()
 _nodes_made_bridge=""
 _nodes_made_ns=()
 _nodes_pids=()
-_nodes_hooks=()
 
 _nodes_die() { echo "nodes: $*" >&2; exit 1; }
 
@@ -150,7 +150,6 @@ running() {
 }
 
 nodes_track_pid() { _nodes_pids+=("$1"); }
-nodes_on_exit() { _nodes_hooks+=("$1"); }
 
 nodes_mpirun_args() {
   echo "--mca plm_rsh_agent $NODES_LIB/node-rsh.sh --mca btl tcp,self" \
@@ -158,10 +157,9 @@ nodes_mpirun_args() {
 }
 
 _nodes_teardown() {
-  local rc=$? h p name _
+  local rc=$? p name _
   trap - EXIT INT TERM
   set +e
-  for h in "${_nodes_hooks[@]}"; do eval "$h"; done
   for p in "${_nodes_pids[@]}"; do kill -TERM "$p" 2>/dev/null; done
   for p in "${_nodes_pids[@]}"; do
     for _ in $(seq 30); do running "$p" || break; sleep 0.1; done
