@@ -9,7 +9,7 @@
 #   - a node that dies without a word (link cut, every process killed, slurmd included) ends the
 #     job; Slurm records the node as down and the job as NODE_FAIL; Prometheus sees the dead
 #     node's ranks go down; the newest checkpoint loads.
-# Takes about two minutes on 2 cores (most of it Slurm noticing the dead node: SlurmdTimeout=10).
+# Takes 60-90 s on 2 cores (half of it Slurm noticing the dead node: SlurmdTimeout=10).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . launch/env.sh
