@@ -15,6 +15,8 @@
 #      Slurm cluster; the job itself ends COMPLETED on the remaining node.
 #   3. A failure that a restart cannot cure (a bad configuration, every host answering) is not
 #      retried.
+#   4. SIGTERM to the launcher (what preemption and time limits send) is passed on to the run
+#      and is not followed by a restart.
 # Takes two to three minutes on 2 cores (most of it noticing the silent deaths).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
@@ -135,6 +137,28 @@ grep -q "train.n_critic" "$work/bad.out" || fail "gandist's error should name tr
 grep -q "not restarting, the same failure would repeat" "$work/bad/elastic.log" || fail "the launcher should refuse to retry a failure that repeats"
 grep -q "restart 1" "$work/bad/elastic.log" && fail "a bad configuration was retried"
 echo "bad configuration: exit $rc, $(grep -c attempt "$work/bad/elastic.log") log lines about attempts, no restart"
+
+say "4. SIGTERM to the launcher (preemption, a time limit): passed on to the run, no restart"
+printf '%s slots=1\n' "$(node_ip gde1)" >"$work/hostfile-gde1"
+node_exec gde0 env GANDIST="$BIN" ELASTIC_RSH="$NODES_LIB/node-rsh.sh" MPIRUN_ARGS="$(nodes_mpirun_args)" \
+  launch/elastic.sh --hostfile "$work/hostfile-gde1" --max-restarts 2 -- \
+  --config configs/smoke.toml --data "$DATA" --run-dir "$work/term" \
+  --set train.iterations=100000 --set train.checkpoint_every=2 >"$work/term.out" 2>&1 &
+launcher=$!
+nodes_track_pid $launcher
+for _ in $(seq 600); do [ -n "$(newest_checkpoint "$work/term")" ] && break; running $launcher || break; sleep 0.1; done
+[ -n "$(newest_checkpoint "$work/term")" ] || fail "the run to be stopped wrote no checkpoint"
+# $! is the shell that runs node_exec; the launcher is its child.
+elastic_pid="$(pgrep -P $launcher)" || fail "the launcher is not running"
+kill -TERM "$elastic_pid"
+for _ in $(seq 600); do running $launcher || break; sleep 0.1; done
+running $launcher && fail "the launcher still runs 60 s after SIGTERM"
+rc=0; wait $launcher || rc=$?
+[ "$rc" != 0 ] || fail "a run stopped by SIGTERM must not report success"
+grep -q "received SIGTERM: passing it on, no restart" "$work/term/elastic.log" || fail "the launcher did not log the signal"
+grep -q "stopped on request: no restart" "$work/term/elastic.log" || fail "the launcher did not say why it does not restart"
+grep -q "restart 1" "$work/term/elastic.log" && fail "a run stopped on request was restarted"
+echo "SIGTERM: launcher exit $rc, no restart"
 
 say "2. Slurm: sbatch --no-kill, 2 nodes x 1 task; gde2 dies mid-run"
 node_restore gde2

@@ -7,7 +7,8 @@
 #                                namespace (host name = node name) and see a private /etc/hosts
 #                                that names every node. The file system is shared, like a
 #                                cluster's shared storage.
-#   node_exec NODE CMD...        runs CMD on NODE
+#   node_exec NODE CMD...        runs CMD on NODE (in the background, $! is the shell that
+#                                runs it; CMD is that shell's child, see pgrep -P)
 #   node_ip NODE                 its address
 #   node_kill_processes NODE     SIGKILL to every process on NODE (their sockets close: peers see it)
 #   node_power_off NODE          a silent death: the link is cut first, so no peer hears a
