@@ -287,7 +287,7 @@ pub struct FaultConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     /// Evaluate sample quality every N generator updates (0 = never). Rank 0 evaluates while
-    /// the other ranks go on and then wait for it at their next all-reduce.
+    /// the other ranks wait for it at a host barrier (dist.root_work_timeout_seconds).
     pub every: u64,
     /// Samples per evaluation: small, since the evaluation stalls the update.
     pub n: usize,

@@ -381,7 +381,7 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
         SampleFormat::Idx => gandist::samples::write_idx_channels(out, &bytes, n, ch, side)?,
     }
     let which = if ck.ema { " (EMA weights)" } else { "" };
-    eprintln!("wrote {n} samples from {}{which} (step {}) to {}", ck.dir.display(), ck.meta.step, out.display());
+    eprintln!("wrote {n} samples from {}{which} (step {}) on {} to {}", ck.dir.display(), ck.meta.step, gandist::device::label(device), out.display());
     Ok(())
 }
 
@@ -406,7 +406,8 @@ fn eval(
             let ck = gandist::checkpoint::load_generator(c, weights.into(), device)?;
             let n = n.unwrap_or(10_000);
             let which = if ck.ema { ", EMA weights" } else { "" };
-            (eval::generate(&ck.generator, n, seed), format!("{} (step {}{which}), {n} samples, seed {seed}", ck.dir.display(), ck.meta.step))
+            let on = gandist::device::label(device);
+            (eval::generate(&ck.generator, n, seed), format!("{} (step {}{which}), {n} samples, seed {seed}, on {on}", ck.dir.display(), ck.meta.step))
         }
         (None, Some(p)) => {
             let (images, total) = eval::read_samples(p, n)?;
