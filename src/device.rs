@@ -44,11 +44,13 @@ pub fn auto_cpu_reason(name: &str, chosen: Device) -> Option<String> {
 }
 
 /// `t` (a host tensor) on `device`, without making the host wait for the device: on CUDA the
-/// copy goes through pinned memory and is queued (libtorch keeps the pinned block until the
-/// copy has run); on the CPU it is `t` itself.
+/// copy goes through pinned memory and is queued (libtorch's pinned-memory allocator keeps
+/// the block until the copy has run); on the CPU it is `t` itself. `_pin_memory` is called
+/// directly: `pin_memory` with a device argument warns on every call that the argument is
+/// deprecated, and tch offers no form without it.
 pub fn upload(t: &Tensor, device: Device) -> Tensor {
     match device {
-        Device::Cuda(_) => t.pin_memory(device).to_device_(device, t.kind(), true, false),
+        Device::Cuda(_) => t.internal_pin_memory(device).to_device_(device, t.kind(), true, false),
         _ => t.to_device(device),
     }
 }
