@@ -26,8 +26,10 @@ pub struct BenchResult {
     pub params: (i64, i64),
     /// All-reduces of the timed iterations only.
     pub allreduce: AllReduceStats,
-    /// Host reads of device data during the timed iterations (`hostread`).
+    /// Host reads of device data during the timed iterations (`hostread`), and the MPI
+    /// backend's staging reads apart.
     pub host_reads: u64,
+    pub staged_reads: u64,
 }
 
 impl BenchResult {
@@ -61,6 +63,9 @@ impl BenchResult {
         }
         let updates = self.iterations * (self.updates_per_iteration);
         s += &format!("\nhost reads of device data in the timed iterations: {} ({:.2} per update)", self.host_reads, self.host_reads as f64 / updates.max(1) as f64);
+        if self.staged_reads > 0 {
+            s += &format!("; {} more staged the MPI backend's reductions through the host", self.staged_reads);
+        }
         s
     }
 }
@@ -83,12 +88,12 @@ pub fn run(mut cfg: Config, comm: Rc<dyn Collective>, device: Device, warmup: u6
     }
     t.sync()?;
     t.allreduce = AllReduceStats::default();
-    let reads_before = crate::hostread::count();
+    let (reads_before, staged_before) = (crate::hostread::count(), crate::hostread::staged());
     let start = Instant::now();
     for _ in 0..iterations {
         t.iteration()?;
     }
-    let host_reads = crate::hostread::count() - reads_before;
+    let (host_reads, staged_reads) = (crate::hostread::count() - reads_before, crate::hostread::staged() - staged_before);
     // The one read of a sync step waits for the device to finish the timed work.
     let synced = t.sync()?;
     let seconds = start.elapsed().as_secs_f64();
@@ -107,5 +112,6 @@ pub fn run(mut cfg: Config, comm: Rc<dyn Collective>, device: Device, warmup: u6
         params: (t.generator.params.numel(), t.critic.params.numel()),
         allreduce: t.allreduce,
         host_reads,
+        staged_reads,
     })
 }

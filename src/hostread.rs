@@ -7,21 +7,37 @@
 //! on the CPU can check that an update between sync steps makes none. The count is per
 //! thread (the training loop runs on one), so that tests running side by side and helper
 //! threads do not disturb it. A unit test below checks that no other module reads directly.
+//!
+//! The MPI backend stages every reduction through host memory by design (NCCL does not):
+//! those reads go through `stage_f32` and are counted apart (`staged`), so that the rule "no
+//! reads between sync steps" speaks of the trainer, and the staging cost is still reported.
 
 use std::cell::Cell;
 use tch::{Device, Kind, TchError, Tensor};
 
 thread_local! {
     static READS: Cell<u64> = const { Cell::new(0) };
+    static STAGED: Cell<u64> = const { Cell::new(0) };
 }
 
-/// Host reads made by this thread so far.
+/// Host reads made by this thread so far (staging by a backend apart).
 pub fn count() -> u64 {
     READS.with(Cell::get)
 }
 
+/// Reads made by a backend's host staging (MPI's reductions) on this thread so far.
+pub fn staged() -> u64 {
+    STAGED.with(Cell::get)
+}
+
 fn note() {
     READS.with(|r| r.set(r.get() + 1));
+}
+
+/// A buffer's values for a backend that reduces on the host (`vec_f32`, counted as staging).
+pub fn stage_f32(t: &Tensor) -> Result<Vec<f32>, TchError> {
+    STAGED.with(|r| r.set(r.get() + 1));
+    Vec::<f32>::try_from(&t.to_device(Device::Cpu).contiguous().flatten(0, -1))
 }
 
 /// The value of a one-element tensor, as f64.
@@ -76,6 +92,9 @@ mod tests {
         assert_eq!(vec_i64(&Tensor::from_slice(&[3i64])).unwrap(), vec![3]);
         assert_eq!(bytes(&Tensor::from_slice(&[7u8, 9])), vec![7, 9]);
         assert_eq!(count() - before, 4);
+        let staged_before = staged();
+        assert_eq!(stage_f32(&t).unwrap(), vec![1.5, 2.0]);
+        assert_eq!((count() - before, staged() - staged_before), (4, 1));
     }
 
     /// Calls that copy tensor data to the host, anywhere in the crate's non-test code outside

@@ -102,7 +102,7 @@ fn to_host(buf: &Tensor) -> Result<Vec<f32>> {
         bail!("collectives take float32 tensors, got {:?}", buf.kind());
     }
     // Staging a device tensor is a host read by design of this backend (nccl avoids it).
-    Ok(crate::hostread::vec_f32(buf)?)
+    Ok(crate::hostread::stage_f32(buf)?)
 }
 
 fn from_host(buf: &mut Tensor, v: &[f32]) {

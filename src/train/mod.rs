@@ -155,6 +155,16 @@ struct ReadTally {
     between: u64,
 }
 
+impl std::fmt::Display for ReadTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host reads of device data: {} at {} sync steps, {} between them", self.at_sync, self.sync_steps, self.between)?;
+        match crate::hostread::staged() {
+            0 => Ok(()),
+            n => write!(f, "; {n} more staged the MPI backend's reductions through the host"),
+        }
+    }
+}
+
 fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: Device) -> Result<Outcome> {
     let rank = comm.rank();
     let is_root = rank == 0;
@@ -339,10 +349,7 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         );
     }
     if is_root {
-        eprintln!(
-            "host reads of device data: {} at {} sync steps, {} between them",
-            reads.at_sync, reads.sync_steps, reads.between
-        );
+        eprintln!("{reads}");
     }
     trainer.comm.barrier()?;
     if let Some(m) = monitor {
