@@ -20,15 +20,16 @@
 # 1e-3 of their scale: cuDNN's and oneDNN's float32 convolutions round differently, and Adam
 # turns sign flips of near-zero gradient elements into differences of up to its step size, so
 # bit equality is not expected, but noise and data are the same values on both devices, so a
-# wrong draw or a skipped reduction shows as differences of order 1); resume on CUDA (within
+# wrong draw or a lost update shows as differences of order 1); resume on CUDA (within
 # 1e-4 of the straight run: cuDNN's kernels are not bit-reproducible) and a CPU checkpoint
 # resumed on CUDA (1e-3, as above); host reads between sync steps in that training and in the
 # bench's timed iterations (must be 0); sample and eval on CUDA; the bench at batch 64, 512,
 # 2048 against bench/reference.py (PyTorch) in the same run.
 #
-# Time budget: every step has its own timeout; they sum to 470 s (< 8 minutes):
+# Time budget: every step has its own timeout; they sum to 465 s, plus about 10 s of set-up
+# (two python3 look-ups of library paths), under 8 minutes:
 #   device 10 + self-test 45 + train cpu 45 + train cuda 45 + resume 2 x 45 + classifier 45
-#   + sample 20 + eval 30 + compare 3 x 5 + bench 6 x 20 = 470.
+#   + sample 20 + eval 30 + compare 3 x 5 + bench 6 x 20 = 465.
 set -uo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 MODE="${GPU_CHECK_DEVICE:-cuda}"
