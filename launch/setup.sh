@@ -12,6 +12,8 @@
 # directory (reused when present), unless LIBTORCH points at a libtorch 2.11.0.
 #
 # GANDIST_SETUP_ONLY=system stops after the system packages (used by tests/system/setup.sh).
+# GANDIST_SETUP_CHECK=1 installs nothing: it reports unmet needs and exits 1 if there are any.
+# GANDIST_SETUP_LIST=1 prints the needs ("what|check|package") and exits.
 set -euo pipefail
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 
@@ -85,8 +87,9 @@ unmet() { # prints the unmet needs' lines
   done < <(needs "$@")
 }
 
+if [ -n "${GANDIST_SETUP_LIST:-}" ]; then needs "$(clang_version)"; exit 0; fi
 missing="$(unmet)"
-if [ -n "$missing" ]; then
+if [ -n "$missing" ] && [ -z "${GANDIST_SETUP_CHECK:-}" ]; then
   if [ "$(id -u)" = 0 ] && has apt-get; then
     export DEBIAN_FRONTEND=noninteractive
     echo "setup: apt-get update"
@@ -119,14 +122,14 @@ fi
 # shellcheck source=env.sh
 . "$here/env.sh"
 if [ -z "${LIBTORCH:-}" ]; then
-  if ! "$GANDIST_TORCH_VENV/bin/python" -c 'import torch; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
+  if ! "$GANDIST_TORCH_VENV/bin/python" -W ignore -c 'import torch; assert torch.__version__.startswith("2.11.0")' 2>/dev/null; then
     echo "setup: installing torch 2.11.0 into $GANDIST_TORCH_VENV (a few GB, once)"
     mkdir -p "$GANDIST_CACHE"
     rm -rf "$GANDIST_TORCH_VENV"
     python3 -m venv "$GANDIST_TORCH_VENV"
     "$GANDIST_TORCH_VENV/bin/pip" install -q --disable-pip-version-check torch==2.11.0
   fi
-  "$GANDIST_TORCH_VENV/bin/python" -c 'import torch; assert torch.__version__.startswith("2.11.0")' || {
+  "$GANDIST_TORCH_VENV/bin/python" -W ignore -c 'import torch; assert torch.__version__.startswith("2.11.0")' || {
     echo "setup: torch 2.11.0 did not install into $GANDIST_TORCH_VENV; remove that folder and run again" >&2
     exit 1
   }

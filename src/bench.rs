@@ -1,6 +1,7 @@
 //! `gandist bench`: images/s of the WGAN-GP iteration (n_critic critic updates + one
 //! generator update) on synthetic data, so that it needs no data set; under mpirun, also the
-//! all-reduce's bytes, time and share of the step.
+//! all-reduce's bytes, time and share of the step; and the host reads of device data made by
+//! the timed iterations (0: they run as between sync steps of a training).
 
 use crate::config::Config;
 use crate::data::{DeviceImages, Mnist};
@@ -18,11 +19,17 @@ pub struct BenchResult {
     pub seconds: f64,
     pub images_per_second: f64,
     pub ms_per_iteration: f64,
+    /// n_critic + 1.
+    pub updates_per_iteration: u64,
     pub world_size: usize,
     /// Float32 values in the generator and the critic.
     pub params: (i64, i64),
     /// All-reduces of the timed iterations only.
     pub allreduce: AllReduceStats,
+    /// Host reads of device data during the timed iterations (`hostread`), and the MPI
+    /// backend's staging reads apart.
+    pub host_reads: u64,
+    pub staged_reads: u64,
 }
 
 impl BenchResult {
@@ -46,12 +53,18 @@ impl BenchResult {
         if self.allreduce.calls > 0 {
             let a = &self.allreduce;
             s += &format!(
-                "\nall-reduce: {} calls, {:.3} MB per update on average, {:.3} ms per update, {:.1}% of the step",
+                "\nall-reduce: {} calls, {:.3} MB per update on average, {:.3} ms per update, {:.1}% of the step{}",
                 a.calls,
                 a.bytes as f64 / a.calls as f64 * 1e-6,
                 a.seconds / a.calls as f64 * 1e3,
-                100.0 * a.seconds / self.seconds
+                100.0 * a.seconds / self.seconds,
+                if backend == "nccl" { " (host time to queue it: NCCL runs on the device's queue)" } else { "" }
             );
+        }
+        let updates = self.iterations * (self.updates_per_iteration);
+        s += &format!("\nhost reads of device data in the timed iterations: {} ({:.2} per update)", self.host_reads, self.host_reads as f64 / updates.max(1) as f64);
+        if self.staged_reads > 0 {
+            s += &format!("; {} more staged the MPI backend's reductions through the host", self.staged_reads);
         }
         s
     }
@@ -71,16 +84,22 @@ pub fn run(mut cfg: Config, comm: Rc<dyn Collective>, device: Device, warmup: u6
     let world_size = comm.world_size();
     let mut t = Trainer::new(cfg.clone(), comm, device, data)?;
     for _ in 0..warmup {
-        t.iteration(false)?;
+        t.iteration()?;
     }
-    sync(device);
+    t.sync()?;
     t.allreduce = AllReduceStats::default();
+    let (reads_before, staged_before) = (crate::hostread::count(), crate::hostread::staged());
     let start = Instant::now();
     for _ in 0..iterations {
-        t.iteration(false)?;
+        t.iteration()?;
     }
-    sync(device);
+    let (host_reads, staged_reads) = (crate::hostread::count() - reads_before, crate::hostread::staged() - staged_before);
+    // The one read of a sync step waits for the device to finish the timed work.
+    let synced = t.sync()?;
     let seconds = start.elapsed().as_secs_f64();
+    if let Some((_, s)) = synced.iter().find(|(_, s)| s.skipped) {
+        anyhow::bail!("a timed update was skipped (non-finite gradient): {s:?}");
+    }
     let images = (cfg.data.batch_size as u64 * cfg.train.n_critic * iterations) as f64;
     Ok(BenchResult {
         batch: cfg.data.batch_size,
@@ -88,14 +107,11 @@ pub fn run(mut cfg: Config, comm: Rc<dyn Collective>, device: Device, warmup: u6
         seconds,
         images_per_second: images / seconds,
         ms_per_iteration: 1e3 * seconds / iterations as f64,
+        updates_per_iteration: cfg.train.n_critic + 1,
         world_size,
         params: (t.generator.params.numel(), t.critic.params.numel()),
         allreduce: t.allreduce,
+        host_reads,
+        staged_reads,
     })
-}
-
-fn sync(device: Device) {
-    if let Device::Cuda(i) = device {
-        tch::Cuda::synchronize(i as i64);
-    }
 }

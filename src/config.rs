@@ -243,8 +243,12 @@ pub enum Backend {
 #[serde(deny_unknown_fields, default)]
 pub struct DistConfig {
     pub backend: Backend,
-    /// Longest wait for one NCCL collective before the job is aborted.
+    /// Longest wait for one collective (all-reduce, broadcast, NCCL's set-up) before the job
+    /// is aborted. Rank 0's own work is never inside it: see root_work_timeout_seconds.
     pub timeout_seconds: f64,
+    /// Longest wait of a rank for the others on the host (the barrier after rank 0's
+    /// evaluation, samples and checkpoints, the start-up, the per-iteration stop agreement).
+    pub root_work_timeout_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -271,13 +275,19 @@ pub struct FaultConfig {
     /// Keep the gradient penalty's gradient out of the all-reduce (each rank applies its own):
     /// a deliberately wrong trainer that the world-size tests must catch.
     pub unreduced_penalty: bool,
+    /// The critic update attempt (counted like nan_critic_updates) at which `fail_rank`
+    /// fails with an error, as a device fault would (absent = never).
+    pub fail_critic_update: Option<u64>,
+    pub fail_rank: i64,
+    /// Rank 0 sleeps this long in its rank-0-only work (slow storage, a long evaluation).
+    pub root_work_delay_seconds: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct EvalConfig {
     /// Evaluate sample quality every N generator updates (0 = never). Rank 0 evaluates while
-    /// the other ranks go on and then wait for it at their next all-reduce.
+    /// the other ranks wait for it at a host barrier (dist.root_work_timeout_seconds).
     pub every: u64,
     /// Samples per evaluation: small, since the evaluation stalls the update.
     pub n: usize,
@@ -375,7 +385,7 @@ impl Default for TrainConfig {
 
 impl Default for DistConfig {
     fn default() -> Self {
-        DistConfig { backend: Backend::Auto, timeout_seconds: 300.0 }
+        DistConfig { backend: Backend::Auto, timeout_seconds: 300.0, root_work_timeout_seconds: 1800.0 }
     }
 }
 
@@ -477,6 +487,9 @@ impl Config {
         check(self.train.checkpoint_every >= 1, "train.checkpoint_every", self.train.checkpoint_every, "at least 1")?;
         check(self.train.keep_checkpoints >= 1, "train.keep_checkpoints", self.train.keep_checkpoints, "at least 1")?;
         check(self.dist.timeout_seconds.is_finite() && self.dist.timeout_seconds > 0.0, "dist.timeout_seconds", self.dist.timeout_seconds, "a finite value > 0")?;
+        let root = self.dist.root_work_timeout_seconds;
+        check(root.is_finite() && root > 0.0, "dist.root_work_timeout_seconds", root, "a finite value > 0")?;
+        check(finite_nonneg(self.faults.root_work_delay_seconds), "faults.root_work_delay_seconds", self.faults.root_work_delay_seconds, "a finite value >= 0")?;
         check(
             self.metrics.host.parse::<std::net::IpAddr>().is_ok(),
             "metrics.host",

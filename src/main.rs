@@ -132,6 +132,16 @@ enum Command {
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
     },
+    /// Exercises the collectives of the chosen backend with known values, even on one rank,
+    /// and on NCCL the abort path (for launch/gpu-check.sh); non-zero exit on any failure.
+    #[command(hide = true)]
+    SelftestCollectives {
+        #[arg(long, default_value = "auto")]
+        device: String,
+        /// Overrides such as dist.backend="nccl" (repeatable).
+        #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
+        overrides: Vec<String>,
+    },
 }
 
 #[derive(Subcommand)]
@@ -318,16 +328,38 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 Some(p) => Config::load(&p, &all)?,
                 None => Config::from_toml_str("", &all)?,
             };
-            let (comm, dev) = gandist::dist::init(&cfg.dist, &cfg.train.device)?;
-            let comm: std::rc::Rc<dyn gandist::dist::Collective> = std::rc::Rc::from(comm);
+            let started = gandist::dist::init(&cfg.dist, &cfg.train.device)?;
+            eprintln!("{}", started.report);
+            let (comm, dev): (std::rc::Rc<dyn gandist::dist::Collective>, _) = (std::rc::Rc::from(started.comm), started.device);
             if dev == tch::Device::Cpu && cfg.train.threads > 0 {
                 tch::set_num_threads(cfg.train.threads);
             }
             let backend = comm.backend_name();
             let is_root = comm.rank() == 0;
-            let r = gandist::bench::run(cfg, comm, dev, warmup, iters)?;
+            // An error on one rank ends the whole job, as in training.
+            let r = gandist::dist::or_abort(comm.as_ref(), gandist::bench::run(cfg, comm.clone(), dev, warmup, iters))?;
             if is_root {
                 println!("{}", r.report(dev, backend));
+            }
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::SelftestCollectives { device, overrides } => {
+            let mut all = vec![format!("train.device=\"{device}\"")];
+            all.extend(overrides);
+            let cfg = Config::from_toml_str("", &all)?;
+            let started = gandist::dist::init(&cfg.dist, &cfg.train.device)?;
+            eprintln!("{}", started.report);
+            let checks = gandist::dist::selftest::run(&started);
+            let rank = started.comm.rank();
+            let mut failed = 0;
+            for c in &checks {
+                println!("rank {rank} selftest {}: {} ({})", c.name, if c.ok { "ok" } else { "FAILED" }, c.detail);
+                failed += !c.ok as usize;
+            }
+            // Every rank reports before any ends the job.
+            started.comm.barrier()?;
+            if failed > 0 {
+                bail!("{failed} collective self-test check(s) failed on rank {rank}");
             }
             Ok(ExitCode::SUCCESS)
         }
@@ -349,7 +381,7 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
         SampleFormat::Idx => gandist::samples::write_idx_channels(out, &bytes, n, ch, side)?,
     }
     let which = if ck.ema { " (EMA weights)" } else { "" };
-    eprintln!("wrote {n} samples from {}{which} (step {}) to {}", ck.dir.display(), ck.meta.step, out.display());
+    eprintln!("wrote {n} samples from {}{which} (step {}) on {} to {}", ck.dir.display(), ck.meta.step, gandist::device::label(device), out.display());
     Ok(())
 }
 
@@ -374,7 +406,8 @@ fn eval(
             let ck = gandist::checkpoint::load_generator(c, weights.into(), device)?;
             let n = n.unwrap_or(10_000);
             let which = if ck.ema { ", EMA weights" } else { "" };
-            (eval::generate(&ck.generator, n, seed), format!("{} (step {}{which}), {n} samples, seed {seed}", ck.dir.display(), ck.meta.step))
+            let on = gandist::device::label(device);
+            (eval::generate(&ck.generator, n, seed), format!("{} (step {}{which}), {n} samples, seed {seed}, on {on}", ck.dir.display(), ck.meta.step))
         }
         (None, Some(p)) => {
             let (images, total) = eval::read_samples(p, n)?;

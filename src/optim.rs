@@ -1,8 +1,11 @@
 //! Adam over a flat parameter buffer (PyTorch's formula, step for step), plain SGD as an
-//! option, global-norm gradient clipping and element-wise value clipping.
+//! option, global-norm gradient clipping and element-wise value clipping. Everything stays on
+//! the device: a step takes a 0/1 condition (the update was not skipped) and leaves the
+//! parameters, moments and step count exactly as they were where it is false, and clipping
+//! is a device-side coefficient, so that an update never waits for the device.
 
 use crate::config::OptimKind;
-use tch::Tensor;
+use tch::{Kind, Tensor};
 
 /// Adam, or plain SGD when `kind` is `Sgd` (the moments are then unused and stay zero).
 pub struct Adam {
@@ -13,12 +16,17 @@ pub struct Adam {
     pub eps: f64,
     pub exp_avg: Tensor,
     pub exp_avg_sq: Tensor,
+    /// Steps taken, as the host last learned it (at a sync step; see `set_steps`).
     pub steps: u64,
+    /// Steps taken, on the device (float64, exact): the bias correction reads it, since the
+    /// host does not know between sync steps which updates were skipped.
+    step_count: Tensor,
 }
 
 impl Adam {
     pub fn new(params: &Tensor, lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
-        Adam { kind: OptimKind::Adam, lr, beta1, beta2, eps, exp_avg: params.zeros_like(), exp_avg_sq: params.zeros_like(), steps: 0 }
+        let step_count = Tensor::zeros([], (Kind::Double, params.device()));
+        Adam { kind: OptimKind::Adam, lr, beta1, beta2, eps, exp_avg: params.zeros_like(), exp_avg_sq: params.zeros_like(), steps: 0, step_count }
     }
 
     /// Plain SGD: params -= lr * grad.
@@ -26,28 +34,46 @@ impl Adam {
         Adam { kind: OptimKind::Sgd, ..Adam::new(params, lr, 0.0, 0.0, 1.0) }
     }
 
+    /// Sets the step count (from a checkpoint) on host and device.
+    pub fn set_steps(&mut self, n: u64) {
+        self.steps = n;
+        let _ = self.step_count.fill_(n as f64);
+    }
+
     /// One update of `params` (in place) with gradient `grad`, as torch.optim.Adam (or SGD
-    /// without momentum) does it.
-    pub fn step(&mut self, params: &Tensor, grad: &Tensor) {
-        let mut params = params.shallow_clone();
+    /// without momentum) does it, where `apply` (a one-element bool tensor) is true. Where it
+    /// is false, parameters, moments and step count keep their exact values.
+    pub fn step(&mut self, params: &Tensor, grad: &Tensor, apply: &Tensor) {
         tch::no_grad(|| {
-            self.steps += 1;
-            if self.kind == OptimKind::Sgd {
-                let _ = params.g_add_(&(grad * -self.lr));
-                return;
-            }
-            let t = self.steps as i32;
-            let _ = self.exp_avg.lerp_(grad, 1.0 - self.beta1);
-            let _ = self.exp_avg_sq.g_mul_scalar_(self.beta2).g_add_(&(grad.square() * (1.0 - self.beta2)));
-            let bias1 = 1.0 - self.beta1.powi(t);
-            let bias2_sqrt = (1.0 - self.beta2.powi(t)).sqrt();
-            let denom = (self.exp_avg_sq.sqrt() / bias2_sqrt) + self.eps;
-            let _ = params.addcdiv_(&(&self.exp_avg * (-self.lr / bias1)), &denom);
+            let _ = self.step_count.g_add_(&apply.to_kind(Kind::Double));
+            let new_params = if self.kind == OptimKind::Sgd {
+                params - grad * self.lr
+            } else {
+                let m = self.exp_avg.lerp(grad, 1.0 - self.beta1);
+                let v = &self.exp_avg_sq * self.beta2 + grad.square() * (1.0 - self.beta2);
+                // Bias corrections from the device's step count; 0-dim, so float32 stays float32.
+                let bias1 = Tensor::pow_scalar(self.beta1, &self.step_count).neg() + 1.0;
+                let bias2_sqrt = (Tensor::pow_scalar(self.beta2, &self.step_count).neg() + 1.0).sqrt();
+                let denom = v.sqrt() / bias2_sqrt + self.eps;
+                let p = params.addcdiv(&(&m * (bias1.reciprocal() * -self.lr)), &denom);
+                select_into(&self.exp_avg, apply, &m);
+                select_into(&self.exp_avg_sq, apply, &v);
+                p
+            };
+            select_into(params, apply, &new_params);
         })
     }
 }
 
-/// Outcome of clipping one network's gradient.
+/// `dst = apply ? new : dst`, in place, with no arithmetic on the kept values (a masked
+/// multiply would turn -0 into +0 and NaN * 0 into NaN).
+pub fn select_into(dst: &Tensor, apply: &Tensor, new: &Tensor) {
+    tch::no_grad(|| {
+        let _ = new.where_self_out(dst, apply, dst);
+    })
+}
+
+/// Outcome of clipping one network's gradient, read from the device at a sync step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct ClipReport {
     pub norm_before: f64,
@@ -55,20 +81,29 @@ pub struct ClipReport {
     pub clipped: bool,
 }
 
-/// Rescales `grad` in place to `max_norm / ||grad||` times itself when its global L2 norm
-/// exceeds `max_norm` (0 disables). Same coefficient as torch.nn.utils.clip_grad_norm_.
-pub fn clip_global_norm(grad: &Tensor, max_norm: f64) -> ClipReport {
-    let norm = grad.norm().double_value(&[]);
-    if max_norm > 0.0 && norm > max_norm {
-        let coef = max_norm / (norm + 1e-6);
-        let mut grad = grad.shallow_clone();
-        tch::no_grad(|| {
-            let _ = grad.g_mul_scalar_(coef);
-        });
-        ClipReport { norm_before: norm, norm_after: norm * coef, clipped: true }
-    } else {
-        ClipReport { norm_before: norm, norm_after: norm, clipped: false }
-    }
+/// Clipping's figures, on the device.
+pub struct DeviceClip {
+    pub norm_before: Tensor,
+    pub norm_after: Tensor,
+    /// 1.0 when the gradient was rescaled, else 0.0.
+    pub clipped: Tensor,
+}
+
+/// Rescales `grad` in place by max_norm / (||grad|| + 1e-6) when its global L2 norm exceeds
+/// `max_norm` (0 disables), as torch.nn.utils.clip_grad_norm_ does, on the device.
+pub fn clip_global_norm(grad: &Tensor, max_norm: f64) -> DeviceClip {
+    tch::no_grad(|| {
+        let norm = grad.norm();
+        if max_norm <= 0.0 {
+            return DeviceClip { norm_after: norm.shallow_clone(), clipped: norm.zeros_like(), norm_before: norm };
+        }
+        let over = norm.gt(max_norm);
+        let coef = (&norm + 1e-6).reciprocal() * max_norm;
+        let coef = coef.where_self(&over, &coef.ones_like());
+        let mut g = grad.shallow_clone();
+        let _ = g.g_mul_(&coef);
+        DeviceClip { norm_after: &norm * &coef, clipped: over.to_kind(Kind::Float), norm_before: norm }
+    })
 }
 
 /// Clamps every element of `grad` in place to [-v, v] (0 disables).
@@ -85,39 +120,46 @@ pub fn clip_value(grad: &Tensor, v: f64) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::hostread::{scalar, vec_f32};
+
+    fn yes() -> Tensor {
+        Tensor::from(true)
+    }
 
     #[test]
     fn value_clipping_of_a_known_gradient() {
         let g = Tensor::from_slice(&[3.0f32, -0.2, -4.0, 0.5]);
         clip_value(&g, 0.5);
-        assert_eq!(Vec::<f32>::try_from(&g).unwrap(), vec![0.5, -0.2, -0.5, 0.5]);
+        assert_eq!(vec_f32(&g).unwrap(), vec![0.5, -0.2, -0.5, 0.5]);
         clip_value(&g, 0.0);
-        assert_eq!(Vec::<f32>::try_from(&g).unwrap(), vec![0.5, -0.2, -0.5, 0.5]);
+        assert_eq!(vec_f32(&g).unwrap(), vec![0.5, -0.2, -0.5, 0.5]);
     }
 
     #[test]
     fn sgd_step_is_lr_times_gradient() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]);
         let mut opt = Adam::sgd(&p, 0.5);
-        opt.step(&p, &Tensor::from_slice(&[2.0f32, -4.0]));
-        assert_eq!(Vec::<f32>::try_from(&p).unwrap(), vec![0.0, 0.0]);
-        assert_eq!(opt.steps, 1);
+        opt.step(&p, &Tensor::from_slice(&[2.0f32, -4.0]), &yes());
+        assert_eq!(vec_f32(&p).unwrap(), vec![0.0, 0.0]);
     }
 
     #[test]
     fn clipping_a_known_gradient() {
         let g = Tensor::from_slice(&[3.0f32, 4.0]);
         let r = clip_global_norm(&g, 1.0);
-        assert!(r.clipped);
-        assert!((r.norm_before - 5.0).abs() < 1e-6);
-        let v: Vec<f32> = Vec::try_from(&g).unwrap();
+        assert_eq!(scalar(&r.clipped), 1.0);
+        assert!((scalar(&r.norm_before) - 5.0).abs() < 1e-6);
+        // The coefficient is max_norm / (norm + 1e-6), so the norm after is just under 1.
+        assert!((scalar(&r.norm_after) - 5.0 / (5.0 + 1e-6)).abs() < 1e-6);
+        let v = vec_f32(&g).unwrap();
         assert!((v[0] - 0.6).abs() < 1e-6 && (v[1] - 0.8).abs() < 1e-6, "{v:?}");
-        // Under the threshold nothing changes.
+        // Under the threshold nothing changes, bit for bit.
         let g = Tensor::from_slice(&[0.3f32, 0.4]);
         let r = clip_global_norm(&g, 1.0);
-        assert!(!r.clipped);
-        assert_eq!(Vec::<f32>::try_from(&g).unwrap(), vec![0.3, 0.4]);
-        assert!(!clip_global_norm(&Tensor::from_slice(&[30.0f32]), 0.0).clipped);
+        assert_eq!(scalar(&r.clipped), 0.0);
+        assert_eq!(vec_f32(&g).unwrap(), vec![0.3, 0.4]);
+        assert_eq!(scalar(&r.norm_before), scalar(&r.norm_after));
+        assert_eq!(scalar(&clip_global_norm(&Tensor::from_slice(&[30.0f32]), 0.0).clipped), 0.0);
     }
 
     /// Adam against an independent scalar implementation of Kingma & Ba with PyTorch's
@@ -130,7 +172,7 @@ mod tests {
         let (mut m, mut v) = ([0.0f64; 3], [0.0f64; 3]);
         for t in 1..=5 {
             let g: Vec<f32> = reference.iter().map(|x| (2.0 * x + t as f64) as f32).collect();
-            opt.step(&p, &Tensor::from_slice(&g));
+            opt.step(&p, &Tensor::from_slice(&g), &yes());
             for i in 0..3 {
                 let gi = g[i] as f64;
                 m[i] = 0.5 * m[i] + 0.5 * gi;
@@ -140,10 +182,41 @@ mod tests {
                 reference[i] -= 0.1 * mh / (vh.sqrt() + 1e-8);
             }
         }
-        let got: Vec<f32> = Vec::try_from(&p).unwrap();
+        let got = vec_f32(&p).unwrap();
         for i in 0..3 {
             assert!((got[i] as f64 - reference[i]).abs() < 1e-5, "{got:?} vs {reference:?}");
         }
-        assert_eq!(opt.steps, 5);
+        assert_eq!(scalar(&opt.step_count), 5.0);
+    }
+
+    /// A step with `apply` false leaves parameters, both moments and the step count exactly
+    /// as they were (bit for bit, -0.0 included, whatever the gradient holds), and the next
+    /// applied step equals that of an optimizer that never saw the skipped one.
+    #[test]
+    fn a_skipped_step_changes_nothing() {
+        let init = [1.0f32, -0.0, 0.25];
+        let p = Tensor::from_slice(&init);
+        let q = Tensor::from_slice(&init);
+        let mut skipping = Adam::new(&p, 0.1, 0.5, 0.9, 1e-8);
+        let mut plain = Adam::new(&q, 0.1, 0.5, 0.9, 1e-8);
+        let g1 = Tensor::from_slice(&[0.5f32, -1.0, 2.0]);
+        skipping.step(&p, &g1, &yes());
+        plain.step(&q, &g1, &yes());
+        let bits = |t: &Tensor| vec_f32(t).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
+        let before = (bits(&p), bits(&skipping.exp_avg), bits(&skipping.exp_avg_sq), scalar(&skipping.step_count));
+        for bad in [f32::NAN, f32::INFINITY, 1e30] {
+            skipping.step(&p, &Tensor::from_slice(&[bad, 3.0, -7.0]), &Tensor::from(false));
+            assert_eq!((bits(&p), bits(&skipping.exp_avg), bits(&skipping.exp_avg_sq), scalar(&skipping.step_count)), before, "gradient {bad}");
+        }
+        let g2 = Tensor::from_slice(&[-0.25f32, 0.75, 1.5]);
+        skipping.step(&p, &g2, &yes());
+        plain.step(&q, &g2, &yes());
+        assert_eq!(bits(&p), bits(&q));
+        assert_eq!(bits(&skipping.exp_avg_sq), bits(&plain.exp_avg_sq));
+        // SGD as well.
+        let s = Tensor::from_slice(&[-0.0f32, 2.0]);
+        let mut sgd = Adam::sgd(&s, 1.0);
+        sgd.step(&s, &Tensor::from_slice(&[f32::NAN, 1.0]), &Tensor::from(false));
+        assert_eq!(bits(&s), vec![(-0.0f32).to_bits(), 2.0f32.to_bits()]);
     }
 }

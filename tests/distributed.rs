@@ -1,6 +1,9 @@
 //! Data-parallel training under real Open MPI: world-size invariance, agreement on clip and
 //! skip decisions, the penalty's second-order terms inside the reduction, a killed rank, an
-//! agreed stop on SIGTERM, and resumption on a different number of ranks.
+//! agreed stop on SIGTERM, resumption on a different number of ranks, errors on one rank
+//! (at start-up, in training, in the bench) ending the whole job, the deadlines of rank 0's
+//! work and of collectives kept apart, the node-local rank from MPI, and the collectives
+//! self-test.
 
 mod common;
 use common::*;
@@ -97,7 +100,9 @@ fn same_result_on_1_2_and_4_ranks_with_clipping_and_skips() {
     for n in [1usize, 2, 4] {
         let run = tmp.path().join(format!("n{n}"));
         // The last rank injects the NaN: every rank must still skip the same update.
-        run_ok(train_cmd(n, &run, &flagship_sets(n - 1), &[]));
+        let out = run_ok(train_cmd(n, &run, &flagship_sets(n - 1), &[]));
+        // The MPI backend's staging of reductions is counted apart from the trainer's reads.
+        assert_eq!(out.contains("more staged the MPI backend's reductions"), n > 1, "{out}");
         finals.push(networks_only(state(&run.join("checkpoints/step-000000010"))));
         all_decisions.push(decisions(&run));
     }
@@ -214,9 +219,12 @@ fn sigterm_on_one_rank_stops_all_with_a_checkpoint_and_resume_continues_exactly(
 #[test]
 fn a_checkpoint_from_4_ranks_resumes_on_2_and_on_1() {
     let tmp = tempfile::tempdir().unwrap();
-    let sets = |iters: u64| -> Vec<String> { vec![format!("train.iterations={iters}"), "train.checkpoint_every=5".into()] };
+    let sets = |iters: u64| -> Vec<String> { vec![format!("train.iterations={iters}"), "train.checkpoint_every=5".into(), "train.log_every=5".into()] };
     let first = tmp.path().join("four");
-    run_ok(train_cmd(4, &first, &sets(5), &[]));
+    let out = run_ok(train_cmd(4, &first, &sets(5), &[]));
+    // Steps 1, 2 and 4 are not sync steps (samples every 3, log and checkpoint at 5): no
+    // rank read from the device in them.
+    assert!(out.contains("at 2 sync steps, 0 between them"), "{out}");
     let straight = tmp.path().join("straight");
     run_ok(train_cmd(1, &straight, &sets(10), &[]));
     let reference = networks_only(state(&straight.join("checkpoints/step-000000010")));
@@ -251,9 +259,119 @@ fn nccl_without_gpus_is_a_clear_error_and_auto_falls_back_to_mpi() {
     let o = train_cmd(2, &run, &sets, &[]).output().unwrap();
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
-    assert!(t.contains("dist.backend = \"nccl\" needs a CUDA device"), "{t}");
+    assert!(t.contains("dist.backend = \"nccl\" cannot be used: rank 0 on") && t.contains("computes on cpu"), "{t}");
     let o = mpirun(2).args(["bench", "--iters", "1", "--warmup", "0", "--batch", "8", "--set", "model.dim=4", "--set", "train.threads=1"]).output().unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("backend mpi ranks 2") && t.contains("all-reduce: 6 calls"), "{t}");
 }
+
+/// Runs `c` and waits at most `limit` for it, killing it past that.
+fn output_within(mut c: Command, limit: Duration) -> (Output, Duration) {
+    let start = Instant::now();
+    let mut child = c.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let (status, took) = wait_exit(&mut child, limit);
+    let mut out = child.wait_with_output().unwrap();
+    out.status = status;
+    assert!(start.elapsed() >= took);
+    (out, took)
+}
+
+/// The arguments of a smoke training (without the binary).
+fn train_args(run: &Path, sets: &[String]) -> Vec<String> {
+    let mut v: Vec<String> = ["train", "--config", smoke_config().to_str().unwrap(), "--data", mnist_dir().to_str().unwrap(), "--run-dir", run.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for s in sets {
+        v.extend(["--set".to_string(), s.clone()]);
+    }
+    v
+}
+
+/// A setting that only rank 1 sees (an impossible device) fails it in `dist::init`, after MPI
+/// started: the job ends at once on every rank, naming the rank and the setting, instead of
+/// leaving rank 0 waiting in the start-up gather.
+#[test]
+fn a_start_up_error_on_one_rank_ends_the_job_with_its_reason() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("r");
+    let sets = |dev: &str| vec![format!("train.device=\"{dev}\""), "train.iterations=3".into()];
+    let mut c = Command::new("mpirun");
+    c.args(["--oversubscribe", "-n", "1"]).arg(bin()).args(train_args(&run, &sets("cpu")));
+    c.args([":", "-n", "1"]).arg(bin()).args(train_args(&run, &sets("cuda:3")));
+    let (o, took) = output_within(c, Duration::from_secs(60));
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("1 of 2 ranks could not start: rank 1 on") && t.contains("train.device = \"cuda:3\""), "{t}");
+    assert!(took < Duration::from_secs(30), "took {took:?}");
+}
+
+/// An error on one rank in the middle of training (an injected fault, as a device error
+/// would be) ends the whole job within seconds with that rank's message.
+#[test]
+fn an_error_on_one_rank_during_training_ends_the_job() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("r");
+    let sets: Vec<String> = ["train.iterations=1000", "faults.fail_critic_update=5", "faults.fail_rank=1"].iter().map(|s| s.to_string()).collect();
+    let (o, took) = output_within(train_cmd(2, &run, &sets, &[]), Duration::from_secs(90));
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("rank 1: error: injected fault at critic update 5 on rank 1"), "{t}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+/// The bench ends the whole job on an error too (it used to return on the failing rank alone
+/// and leave the other in its all-reduce).
+#[test]
+fn an_error_on_one_rank_in_the_bench_ends_the_job() {
+    let mut c = mpirun(2);
+    c.args(["bench", "--iters", "50", "--warmup", "0", "--batch", "8", "--set", "model.dim=4", "--set", "train.threads=1"]);
+    c.args(["--set", "faults.fail_critic_update=3", "--set", "faults.fail_rank=1"]);
+    let (o, took) = output_within(c, Duration::from_secs(90));
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("rank 1: error: injected fault at critic update 3 on rank 1"), "{t}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+/// Rank 0's own work (here a 4 s stall at each sample and checkpoint step, as slow storage
+/// would cause) is bounded by dist.root_work_timeout_seconds and not by the collective
+/// deadline: with a 1 s collective deadline the run finishes, since the others wait for rank 0
+/// at a host barrier, not inside a collective; with a 1 s root-work deadline the job ends
+/// with a message naming that setting.
+#[test]
+fn rank_0_work_has_its_own_deadline() {
+    let tmp = tempfile::tempdir().unwrap();
+    let base = ["train.iterations=4", "train.sample_every=2", "train.checkpoint_every=2", "faults.root_work_delay_seconds=4"];
+    let sets = |extra: &[&str]| -> Vec<String> { base.iter().chain(extra).map(|s| s.to_string()).collect() };
+    let ok_run = tmp.path().join("ok");
+    run_ok(train_cmd(2, &ok_run, &sets(&["dist.timeout_seconds=1", "dist.root_work_timeout_seconds=60"]), &[]));
+    assert!(ok_run.join("checkpoints/step-000000004").exists());
+    let late = tmp.path().join("late");
+    let (o, took) = output_within(train_cmd(2, &late, &sets(&["dist.root_work_timeout_seconds=1"]), &[]), Duration::from_secs(90));
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(t.contains("rank 1: error:") && t.contains("did not complete within 1s") && t.contains("dist.root_work_timeout_seconds"), "{t}");
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+}
+
+/// The node-local rank comes from MPI (MPI_Comm_split_type), not from launcher variables:
+/// with Open MPI's own variable removed and SLURM_LOCALID = 0 on every rank (what MPICH or
+/// Intel MPI inside a Slurm allocation leave), the two ranks on this node are still local
+/// ranks 0 and 1. The collectives self-test passes over MPI on both.
+#[test]
+fn local_ranks_come_from_mpi_and_the_collectives_self_test_passes() {
+    let mut c = Command::new("mpirun");
+    c.args(["-n", "2", "--oversubscribe", "env", "-u", "OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID=0", "SLURM_STEP_ID=0"]);
+    c.arg(bin()).args(["selftest-collectives", "--device", "cpu", "--set", "dist.backend=\"mpi\""]);
+    let t = run_ok(c);
+    assert!(t.contains("rank 0/2 (local 0/2) on host") && t.contains("rank 1/2 (local 1/2) on host"), "{t}");
+    for rank in 0..2 {
+        for check in ["all-reduce: ok", "broadcast: ok", "agreement: ok", "abort path: ok (n/a", "no pending error: ok"] {
+            assert!(t.contains(&format!("rank {rank} selftest {check}")), "rank {rank} {check}: {t}");
+        }
+    }
+    assert!(t.contains("1000003 floats on cpu summed exactly over 2 rank(s)"), "{t}");
+}
+

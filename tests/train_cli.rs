@@ -123,3 +123,20 @@ fn sample_writes_png_and_idx() {
     assert_eq!(parsed.dims, vec![7, 28, 28]);
     fails(&["sample", "--checkpoint", tmp.path().to_str().unwrap(), "--out", png.to_str().unwrap()], &["neither a checkpoint directory"]);
 }
+
+/// The loop reads from the device only at its sync steps (here the logging steps 3, 6 and 9,
+/// which are also the sample and checkpoint steps), never in the iterations between them;
+/// each rank says so at the end.
+#[test]
+fn host_reads_happen_at_sync_steps_only() {
+    let data = mnist_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let sets = ["--set", "train.iterations=9", "--set", "train.log_every=3", "--set", "train.sample_every=9", "--set", "train.checkpoint_every=9"];
+    let out = ok(&train_args(run.to_str().unwrap(), data.to_str().unwrap(), &sets));
+    let line = out.lines().find(|l| l.starts_with("host reads of device data:")).unwrap_or_else(|| panic!("no host-read line in {out}"));
+    assert!(line.ends_with("at 3 sync steps, 0 between them"), "{line}");
+    let at_sync: u64 = line.split_whitespace().nth(5).unwrap().parse().unwrap();
+    assert!(at_sync >= 3, "{line}");
+    assert!(out.contains("rank 0/1 (local 0/1) on host") && out.contains("backend local"), "{out}");
+}

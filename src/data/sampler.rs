@@ -58,16 +58,25 @@ impl DistributedSampler {
     /// This rank's sample indices for global batch number `step` (the last partial batch of
     /// each epoch is dropped, so every batch is full).
     pub fn rank_indices(&mut self, step: u64) -> Vec<i64> {
-        let per_epoch = self.batches_per_epoch();
-        let epoch = step / per_epoch;
-        let k = (step % per_epoch) as usize;
+        let (epoch, start, len) = self.rank_slice(step);
         if self.cached_epoch != Some(epoch) {
-            self.perm = epoch_permutation(self.n, derive_seed(self.seed, &[0x5A3D, epoch]));
+            self.perm = self.permutation(epoch);
             self.cached_epoch = Some(epoch);
         }
+        self.perm[start..start + len].iter().map(|&i| i as i64).collect()
+    }
+
+    /// Where `rank_indices(step)` lies: (epoch, start, length) within that epoch's permutation.
+    pub fn rank_slice(&self, step: u64) -> (u64, usize, usize) {
+        let per_epoch = self.batches_per_epoch();
+        let (epoch, k) = (step / per_epoch, (step % per_epoch) as usize);
         let local = self.global_batch / self.world;
-        let start = k * self.global_batch + self.rank * local;
-        self.perm[start..start + local].iter().map(|&i| i as i64).collect()
+        (epoch, k * self.global_batch + self.rank * local, local)
+    }
+
+    /// The order of the whole data set in `epoch` (the same on every rank).
+    pub fn permutation(&self, epoch: u64) -> Vec<u32> {
+        epoch_permutation(self.n, derive_seed(self.seed, &[0x5A3D, epoch]))
     }
 }
 

@@ -1,13 +1,27 @@
 //! Collectives between ranks: a `Collective` trait with single-process, Open MPI and NCCL
-//! backends, and the choice among them. Gradients travel as one flat float32 buffer per network per update.
+//! backends, the choice among them, and the start-up every rank goes through. Gradients
+//! travel as one flat float32 buffer per network per update.
+//!
+//! Start-up (`init`): the launcher's environment hints which GPU is this rank's before MPI
+//! starts (a CUDA-aware MPI opens a context on the current device in MPI_Init); MPI then
+//! gives the node-local rank; each rank picks its device and gathers its facts (host, GPU
+//! identity by PCI bus id and UUID, NCCL) to every rank, which all take the same decision.
+//! A rank that cannot set itself up says so in that gather, so the job fails on every rank
+//! at once instead of leaving the others waiting; after the gather, a failure (NCCL's
+//! initialisation) ends the job with MPI_Abort, and every wait is bounded.
 
+pub mod choice;
+pub mod cuda;
 #[cfg(feature = "mpi")]
 pub mod mpi_backend;
 #[cfg(feature = "mpi")]
 pub mod nccl;
+pub mod selftest;
+pub mod watchdog;
 
 use crate::config::{Backend, DistConfig};
-use anyhow::{bail, Result};
+use anyhow::Result;
+use choice::{RankFacts, StartupReport};
 use tch::{Device, Tensor};
 
 pub trait Collective {
@@ -15,14 +29,28 @@ pub trait Collective {
     fn world_size(&self) -> usize;
     /// Rank among the processes on this node (chooses the GPU).
     fn local_rank(&self) -> usize;
+    /// Processes on this node.
+    fn local_size(&self) -> usize;
     fn backend_name(&self) -> &'static str;
-    /// Sums a contiguous float32 tensor over all ranks, in place.
+    /// Sums a contiguous float32 tensor over all ranks, in place. On the device backends it
+    /// may return before the sum is done: later device work is ordered after it.
     fn all_reduce_sum(&self, buf: &mut Tensor) -> Result<()>;
-    /// Copies `root`'s float32 tensor into every rank's `buf`, in place.
+    /// Copies `root`'s float32 tensor into every rank's `buf`, in place (ordered likewise).
     fn broadcast(&self, buf: &mut Tensor, root: usize) -> Result<()>;
     /// Every rank's value of `x`, in rank order.
     fn all_gather_u64(&self, x: u64) -> Result<Vec<u64>>;
+    /// Whether `flag` is set on any rank: a host-side agreement that never touches the device.
+    fn any(&self, flag: bool) -> Result<bool>;
     fn barrier(&self) -> Result<()>;
+    /// The error of an earlier collective that completed asynchronously, if one failed.
+    fn check(&self) -> Result<()> {
+        Ok(())
+    }
+    /// For the self-test: exercises the abort path on a second, throwaway communicator and
+    /// says what happened; None for backends without one.
+    fn exercise_abort(&self) -> Result<Option<String>> {
+        Ok(None)
+    }
     /// Ends every rank of the job (after an error on one of them).
     fn abort(&self, code: i32) -> !;
 }
@@ -40,6 +68,9 @@ impl Collective for Local {
     fn local_rank(&self) -> usize {
         0
     }
+    fn local_size(&self) -> usize {
+        1
+    }
     fn backend_name(&self) -> &'static str {
         "local"
     }
@@ -52,6 +83,9 @@ impl Collective for Local {
     fn all_gather_u64(&self, x: u64) -> Result<Vec<u64>> {
         Ok(vec![x])
     }
+    fn any(&self, flag: bool) -> Result<bool> {
+        Ok(flag)
+    }
     fn barrier(&self) -> Result<()> {
         Ok(())
     }
@@ -60,81 +94,145 @@ impl Collective for Local {
     }
 }
 
+/// A started rank: its collectives, its device, and what it says about them.
+pub struct Started {
+    pub comm: Box<dyn Collective>,
+    pub device: Device,
+    pub report: StartupReport,
+}
+
 /// True when a launcher (mpirun, srun with PMIx) started this process as part of a job.
 pub fn launched_by_mpi() -> bool {
     ["OMPI_COMM_WORLD_SIZE", "PMIX_RANK", "PMI_RANK"].iter().any(|v| std::env::var_os(v).is_some())
 }
 
-/// The node-local rank from the launcher's environment, if it gives one.
-pub fn local_rank_from_env() -> Option<usize> {
-    ["OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID", "PMI_LOCAL_RANK"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
+/// Ends every rank of a multi-rank job when `result` is an error on this one: a rank that
+/// fails alone would leave the others waiting in a collective.
+pub fn or_abort<T>(comm: &dyn Collective, result: Result<T>) -> Result<T> {
+    if let Err(e) = &result {
+        if comm.world_size() > 1 {
+            eprintln!("rank {}: error: {e:#}", comm.rank());
+            comm.abort(1);
+        }
+    }
+    result
+}
+
+fn host_name() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_string()).unwrap_or_default()
+}
+
+/// This rank's facts on `device`; NCCL is looked for only when it could be used.
+fn rank_facts(rank: usize, local_rank: usize, local_size: usize, device: Device, look_for_nccl: bool) -> RankFacts {
+    let mut f = RankFacts {
+        rank,
+        local_rank,
+        local_size,
+        host: host_name(),
+        device: crate::device::label(device),
+        gpu: None,
+        nccl: None,
+        error: None,
+    };
+    if let Device::Cuda(i) = device {
+        match cuda::driver().and_then(|d| d.identity(i)) {
+            Ok(id) => f.gpu = Some(id),
+            Err(e) => f.nccl = Some(Err(format!("cannot identify the GPU of cuda:{i}: {e:#}"))),
+        }
+        #[cfg(feature = "mpi")]
+        if look_for_nccl && f.nccl.is_none() {
+            f.nccl = Some(nccl::discover().map(|l| choice::NcclFacts { version: l.version, description: l.describe() }).map_err(|e| format!("{e:#}")));
+        }
+    }
+    let _ = look_for_nccl;
+    f
 }
 
 /// Starts the collective backend the config asks for and picks this rank's device.
-/// `auto` chooses NCCL when every rank has a CUDA device of its own and NCCL loads everywhere,
-/// MPI otherwise; all ranks take the same decision (their facts travel in one all-gather).
-pub fn init(cfg: &DistConfig, device_name: &str) -> Result<(Box<dyn Collective>, Device)> {
-    let launched = launched_by_mpi();
+pub fn init(cfg: &DistConfig, device_name: &str) -> Result<Started> {
     let want_mpi = match cfg.backend {
         Backend::Local => false,
-        Backend::Auto => launched,
+        Backend::Auto => launched_by_mpi(),
         Backend::Mpi | Backend::Nccl => true,
     };
     if !want_mpi {
-        return Ok((Box::new(Local), crate::device::select(device_name, 0)?));
+        let device = crate::device::select(device_name, 0)?;
+        let facts = rank_facts(0, 0, 1, device, false);
+        let notes = crate::device::auto_cpu_reason(device_name, device).into_iter().collect();
+        return Ok(Started { comm: Box::new(Local), device, report: choice::startup_report(&facts, 1, "local", notes) });
     }
     #[cfg(feature = "mpi")]
     {
-        let mpi = mpi_backend::Mpi::init()?;
-        let device = crate::device::select(device_name, mpi.local_rank())?;
-        let nccl_ok = matches!(device, Device::Cuda(_)) && nccl::version().is_ok();
-        // One all-gather of (node, device, NCCL usable) decides for everyone.
-        let me = node_id() << 9 | (device_index(device) as u64) << 1 | nccl_ok as u64;
-        let all = mpi.all_gather_u64(me)?;
-        let every_rank_ok = all.iter().all(|x| x & 1 == 1);
-        let mut places: Vec<u64> = all.iter().map(|x| x >> 1).collect();
-        places.sort_unstable();
-        let own_gpus = places.windows(2).all(|w| w[0] != w[1]);
-        let use_nccl = match cfg.backend {
-            Backend::Nccl => {
-                if !every_rank_ok {
-                    bail!("dist.backend = \"nccl\" needs a CUDA device and a loadable NCCL on every rank (this rank: device {device:?}, NCCL {})",
-                        nccl::version().map(|v| format!("{}", v.0)).unwrap_or_else(|e| format!("{e:#}")));
-                }
-                if !own_gpus {
-                    bail!("dist.backend = \"nccl\": NCCL cannot put two ranks on one GPU; use one rank per GPU or dist.backend = \"mpi\"");
-                }
-                true
-            }
-            _ => every_rank_ok && own_gpus,
-        };
-        if use_nccl {
-            let Device::Cuda(i) = device else { unreachable!("checked above") };
-            let timeout = std::time::Duration::from_secs_f64(cfg.timeout_seconds);
-            return Ok((Box::new(nccl::Nccl::init(mpi, i, timeout)?), device));
-        }
-        Ok((Box::new(mpi), device))
+        init_mpi(cfg, device_name)
     }
     #[cfg(not(feature = "mpi"))]
     {
-        bail!("this gandist was built without the `mpi` feature: rebuild with it, or set dist.backend = \"local\"")
+        anyhow::bail!("this gandist was built without the `mpi` feature: rebuild with it, or set dist.backend = \"local\"")
     }
 }
 
-fn device_index(d: Device) -> usize {
-    match d {
-        Device::Cuda(i) => i + 1,
-        _ => 0,
+#[cfg(feature = "mpi")]
+fn init_mpi(cfg: &DistConfig, device_name: &str) -> Result<Started> {
+    use anyhow::{bail, Context};
+    use std::time::Duration;
+    set_device_before_mpi(device_name);
+    let deadlines = mpi_backend::Deadlines {
+        collective: Duration::from_secs_f64(cfg.timeout_seconds),
+        host: Duration::from_secs_f64(cfg.root_work_timeout_seconds),
+    };
+    let mpi = mpi_backend::Mpi::init(deadlines)?;
+    let (rank, local_rank, local_size, world) = (mpi.rank(), mpi.local_rank(), mpi.local_size(), mpi.world_size());
+    // Errors before the gather travel in it: every rank then fails together.
+    let device = crate::device::select(device_name, local_rank);
+    let mine = match &device {
+        Ok(d) => rank_facts(rank, local_rank, local_size, *d, cfg.backend != Backend::Mpi),
+        Err(e) => RankFacts { error: Some(format!("{e:#}")), ..rank_facts(rank, local_rank, local_size, Device::Cpu, false) },
+    };
+    let all: Vec<RankFacts> = mpi
+        .all_gather_bytes(&serde_json::to_vec(&mine)?)?
+        .iter()
+        .map(|b| serde_json::from_slice(b).context("a rank sent unreadable set-up facts (different gandist versions?)"))
+        .collect::<Result<_>>()?;
+    let failed: Vec<String> = all.iter().filter_map(|f| Some(format!("rank {} on {}: {}", f.rank, f.host, f.error.as_ref()?))).collect();
+    if !failed.is_empty() {
+        bail!("{} of {world} ranks could not start: {}", failed.len(), failed.join("; "));
+    }
+    let device = device?;
+    let choice = choice::choose(cfg.backend, &all)?;
+    let mut notes = vec![choice.reason.clone()];
+    notes.extend(crate::device::auto_cpu_reason(device_name, device));
+    if !choice.nccl {
+        return Ok(Started { comm: Box::new(mpi), device, report: choice::startup_report(&mine, world, "mpi", notes) });
+    }
+    // After the gather the others are inside ncclCommInitRank: a failure here must end the job.
+    let Device::Cuda(i) = device else { unreachable!("NCCL is chosen for CUDA devices only") };
+    let comm = nccl::discover().and_then(|lib| nccl::Communicator::init(lib, &mpi, i, deadlines.collective));
+    match comm {
+        Ok(c) => Ok(Started { comm: Box::new(nccl::Nccl::from_parts(c, mpi)), device, report: choice::startup_report(&mine, world, "nccl", notes) }),
+        Err(e) => {
+            eprintln!("rank {rank}: error: {e:#}");
+            mpi.abort(1)
+        }
     }
 }
 
-/// A 54-bit identifier of this machine, to tell which ranks share a node.
-fn node_id() -> u64 {
-    use std::hash::{Hash, Hasher};
-    let name = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
-    let mut h = std::collections::hash_map::DefaultHasher::new();
-    name.trim().hash(&mut h);
-    h.finish() >> 10
+/// Before MPI_Init, a CUDA-aware MPI may open a context on the current device (GPU 0 unless
+/// told otherwise) in every rank. Only the launcher's environment can tell a rank's GPU this
+/// early (`cuda::local_rank_hint`); when it does, that GPU's context is made current.
+/// Without a hint nothing is done, and MPI's own node-local rank picks the device after.
+#[cfg(feature = "mpi")]
+fn set_device_before_mpi(device_name: &str) {
+    if device_name == "cpu" || !tch::Cuda::is_available() {
+        return;
+    }
+    let count = tch::Cuda::device_count().max(1) as usize;
+    let ordinal = match device_name.strip_prefix("cuda:") {
+        Some(i) => i.parse().ok(),
+        None => cuda::local_rank_hint(|v| std::env::var(v).ok()).map(|(r, _)| r % count),
+    };
+    if let Some(i) = ordinal.filter(|&i| i < count) {
+        if let Err(e) = cuda::driver().and_then(|d| d.make_current(i)) {
+            eprintln!("warning: cannot make CUDA device {i} current before MPI starts: {e:#}");
+        }
+    }
 }

@@ -1,18 +1,31 @@
-//! NCCL collectives on CUDA tensors, with libnccl loaded at run time so that the binary builds
-//! and runs without CUDA. Exactly the libnccl that libtorch already loaded is used (a second,
-//! different NCCL in one process corrupts communicators). MPI bootstraps the communicator
-//! (the unique id is broadcast over it) and serves the small host-side collectives.
+//! NCCL collectives on CUDA tensors, with NCCL loaded at run time so that the binary builds
+//! and runs without CUDA.
 //!
-//! Reductions run on the CUDA legacy default stream, the stream libtorch's kernels use here
-//! (tch never switches streams), so they are ordered after the kernels that produced the
-//! gradient. Every wait is bounded: a peer that died or hangs ends in ncclCommAbort and an error.
+//! Which NCCL: exactly the one libtorch uses (two NCCLs in one process corrupt
+//! communicators). `discover` finds it among the process's mapped files (the PyPI build
+//! loads `libnccl.so.2`), or inside `libtorch_cuda.so` itself when a standalone libtorch
+//! links it statically and exports its symbols, and refuses when two different libnccl
+//! files are mapped. It says what it found either way.
+//!
+//! Ordering: calls go on the legacy default stream, the stream libtorch's kernels use here
+//! (tch never switches streams), so a reduction runs after the kernels that produced its
+//! buffer and before those that read it. The host never waits for a collective: each call
+//! records a CUDA event after it, and a monitor thread watches those events and NCCL's
+//! asynchronous errors. An operation still queued after `dist.timeout_seconds`, or an error,
+//! makes the monitor abort the communicator (which releases kernels stuck on a dead peer);
+//! the error then surfaces on the rank's next call or `check`. A communicator ends exactly
+//! once, by abort or by destroy, whoever asks first.
 
+use super::cuda::{self, CuContext, CuEvent};
 use super::mpi_backend::Mpi;
 use super::Collective;
 use anyhow::{bail, Context, Result};
 use libloading::Library;
+use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
 
@@ -28,12 +41,114 @@ const NCCL_SUCCESS: c_int = 0;
 const NCCL_IN_PROGRESS: c_int = 7;
 const NCCL_FLOAT32: c_int = 7;
 const NCCL_SUM: c_int = 0;
-const CUDA_SUCCESS: c_int = 0;
-const CUDA_ERROR_NOT_READY: c_int = 600;
 /// The legacy default stream.
 const DEFAULT_STREAM: Stream = std::ptr::null_mut();
+/// How often the monitor looks at events and asynchronous errors.
+const MONITOR_POLL: Duration = Duration::from_millis(1);
 
-/// The NCCL and CUDA runtime entry points this backend calls.
+/// Where this process's NCCL comes from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Source {
+    /// A libnccl file that libtorch loaded.
+    Loaded(PathBuf),
+    /// NCCL linked statically into libtorch_cuda, used through the symbols it exports.
+    Static(PathBuf),
+    /// GANDIST_NCCL_LIB, for a libtorch that brings no NCCL of its own.
+    Override(PathBuf),
+}
+
+impl Source {
+    pub fn path(&self) -> &Path {
+        match self {
+            Source::Loaded(p) | Source::Static(p) | Source::Override(p) => p,
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Source::Loaded(p) => format!("loaded by libtorch from {}", p.display()),
+            Source::Static(p) => format!("linked into {}", p.display()),
+            Source::Override(p) => format!("from GANDIST_NCCL_LIB={}", p.display()),
+        }
+    }
+}
+
+/// The shared libraries of interest among a process's mapped files.
+#[derive(Debug, Default, PartialEq)]
+pub struct Mapped {
+    /// Distinct libnccl files (libnccl-net plugins are not NCCL itself).
+    pub nccl: Vec<PathBuf>,
+    pub torch_cuda: Option<PathBuf>,
+}
+
+/// Reads `/proc/self/maps`-formatted text.
+pub fn mapped(maps: &str) -> Mapped {
+    let mut m = Mapped::default();
+    for line in maps.lines() {
+        let path = line.split_whitespace().skip(5).collect::<Vec<_>>().join(" ");
+        let Some(name) = path.rsplit('/').next().filter(|_| path.starts_with('/')) else { continue };
+        if name.starts_with("libnccl.so") {
+            let p = PathBuf::from(&path);
+            if !m.nccl.contains(&p) {
+                m.nccl.push(p);
+            }
+        } else if (name == "libtorch_cuda.so" || name.starts_with("libtorch_cuda.so.")) && m.torch_cuda.is_none() {
+            m.torch_cuda = Some(PathBuf::from(&path));
+        }
+    }
+    m
+}
+
+fn same_file(a: &Path, b: &Path) -> bool {
+    match (std::fs::canonicalize(a), std::fs::canonicalize(b)) {
+        (Ok(x), Ok(y)) => x == y,
+        _ => a == b,
+    }
+}
+
+/// Decides which library to take NCCL's symbols from. `exports_nccl` tells whether a library
+/// (libtorch_cuda) exports ncclGetVersion, as one with a statically linked NCCL may.
+pub fn plan(m: &Mapped, override_lib: Option<PathBuf>, exports_nccl: impl FnOnce(&Path) -> bool) -> Result<Source> {
+    const TWO: &str = "two NCCLs in one process corrupt communicators";
+    if m.nccl.len() > 1 {
+        let list = m.nccl.iter().map(|p| p.display().to_string()).collect::<Vec<_>>().join(" and ");
+        bail!("two different NCCL libraries are loaded in this process ({list}): {TWO}; fix the library path so that only libtorch's NCCL loads, or use dist.backend = \"mpi\"");
+    }
+    if let Some(loaded) = m.nccl.first() {
+        if let Some(p) = override_lib.filter(|p| !same_file(p, loaded)) {
+            bail!("GANDIST_NCCL_LIB={} is another NCCL than the one libtorch loaded ({}): {TWO}; unset GANDIST_NCCL_LIB", p.display(), loaded.display());
+        }
+        return Ok(Source::Loaded(loaded.clone()));
+    }
+    let Some(torch_cuda) = &m.torch_cuda else {
+        bail!("no NCCL: libtorch_cuda is not loaded in this process (a CPU-only libtorch, or a binary linked without libtorch_cuda)");
+    };
+    if exports_nccl(torch_cuda) {
+        if let Some(p) = override_lib {
+            bail!("{} links NCCL statically; GANDIST_NCCL_LIB={} would load a second NCCL beside it ({TWO}): unset GANDIST_NCCL_LIB", torch_cuda.display(), p.display());
+        }
+        return Ok(Source::Static(torch_cuda.clone()));
+    }
+    match override_lib {
+        // libtorch uses no NCCL at all: one loaded for gandist alone is the only one.
+        Some(p) => Ok(Source::Override(p)),
+        None => bail!(
+            "{} loaded no libnccl and exports no NCCL symbols (NCCL linked in with hidden symbols, or built without NCCL): gandist cannot use the NCCL libtorch uses; use dist.backend = \"mpi\", or set GANDIST_NCCL_LIB if this libtorch has no NCCL at all",
+            torch_cuda.display()
+        ),
+    }
+}
+
+/// "2.28.9" from NCCL's version code (X*10000 + Y*100 + Z from 2.9 on, X*1000 + Y*100 + Z before).
+pub fn version_string(code: i32) -> String {
+    if code >= 20900 {
+        format!("{}.{}.{}", code / 10000, code % 10000 / 100, code % 100)
+    } else {
+        format!("{}.{}.{}", code / 1000, code % 1000 / 100, code % 100)
+    }
+}
+
+/// The NCCL entry points this backend calls.
 struct Api {
     get_version: unsafe extern "C" fn(*mut c_int) -> c_int,
     get_unique_id: unsafe extern "C" fn(*mut UniqueId) -> c_int,
@@ -44,154 +159,412 @@ struct Api {
     comm_destroy: unsafe extern "C" fn(Comm) -> c_int,
     get_async_error: unsafe extern "C" fn(Comm, *mut c_int) -> c_int,
     error_string: unsafe extern "C" fn(c_int) -> *const c_char,
-    cuda_set_device: unsafe extern "C" fn(c_int) -> c_int,
-    cuda_stream_query: unsafe extern "C" fn(Stream) -> c_int,
-    _nccl: Library,
-    _cudart: Library,
+    _lib: Library,
 }
 
-/// The path of an already-loaded shared library whose file name starts with `prefix`.
-fn loaded_library(prefix: &str) -> Option<PathBuf> {
-    let maps = std::fs::read_to_string("/proc/self/maps").ok()?;
-    maps.lines()
-        .filter_map(|l| l.split_whitespace().nth(5))
-        .find(|p| p.rsplit('/').next().is_some_and(|f| f.starts_with(prefix)))
-        .map(PathBuf::from)
+/// NCCL as this process has it.
+pub struct NcclLib {
+    api: Api,
+    pub source: Source,
+    /// NCCL's version code (22809 for 2.28.9).
+    pub version: i32,
 }
 
-fn open(prefix: &str, env: &str) -> Result<(Library, PathBuf)> {
-    let path = match std::env::var_os(env) {
-        Some(p) => PathBuf::from(p),
-        None => loaded_library(prefix).with_context(|| {
-            format!("libtorch has not loaded {prefix}* in this process (a CPU-only libtorch?): set {env} to the library, or use dist.backend = \"mpi\"")
-        })?,
-    };
-    // SAFETY: loading a shared library runs its initialisers; these are NVIDIA's libraries,
-    // already loaded by libtorch, so this returns the existing handle.
-    let lib = unsafe { Library::new(&path) }.with_context(|| format!("cannot load {}", path.display()))?;
-    Ok((lib, path))
-}
-
-impl Api {
-    fn load() -> Result<(Api, PathBuf)> {
-        let (nccl, nccl_path) = open("libnccl.so", "GANDIST_NCCL_LIB")?;
-        let (cudart, _) = open("libcudart.so", "GANDIST_CUDART_LIB")?;
+impl NcclLib {
+    fn open(source: Source) -> Result<NcclLib> {
+        let path = source.path().to_path_buf();
+        // SAFETY: the library is NVIDIA's NCCL (or libtorch_cuda holding it), in the loaded
+        // cases already mapped, so this returns the existing handle.
+        let lib = unsafe { Library::new(&path) }.with_context(|| format!("cannot load {}", path.display()))?;
         macro_rules! sym {
-            ($lib:expr, $name:literal) => {
-                // SAFETY: the signatures above follow nccl.h and cuda_runtime_api.h.
-                *unsafe { $lib.get($name) }.with_context(|| format!("{} lacks {}", nccl_path.display(), String::from_utf8_lossy($name)))?
+            ($name:literal) => {
+                // SAFETY: the signatures follow nccl.h.
+                *unsafe { lib.get($name) }.with_context(|| format!("{} lacks {}", path.display(), String::from_utf8_lossy($name)))?
             };
         }
         let api = Api {
-            get_version: sym!(nccl, b"ncclGetVersion\0"),
-            get_unique_id: sym!(nccl, b"ncclGetUniqueId\0"),
-            comm_init_rank: sym!(nccl, b"ncclCommInitRank\0"),
-            all_reduce: sym!(nccl, b"ncclAllReduce\0"),
-            broadcast: sym!(nccl, b"ncclBroadcast\0"),
-            comm_abort: sym!(nccl, b"ncclCommAbort\0"),
-            comm_destroy: sym!(nccl, b"ncclCommDestroy\0"),
-            get_async_error: sym!(nccl, b"ncclCommGetAsyncError\0"),
-            error_string: sym!(nccl, b"ncclGetErrorString\0"),
-            cuda_set_device: sym!(cudart, b"cudaSetDevice\0"),
-            cuda_stream_query: sym!(cudart, b"cudaStreamQuery\0"),
-            _nccl: nccl,
-            _cudart: cudart,
+            get_version: sym!(b"ncclGetVersion\0"),
+            get_unique_id: sym!(b"ncclGetUniqueId\0"),
+            comm_init_rank: sym!(b"ncclCommInitRank\0"),
+            all_reduce: sym!(b"ncclAllReduce\0"),
+            broadcast: sym!(b"ncclBroadcast\0"),
+            comm_abort: sym!(b"ncclCommAbort\0"),
+            comm_destroy: sym!(b"ncclCommDestroy\0"),
+            get_async_error: sym!(b"ncclCommGetAsyncError\0"),
+            error_string: sym!(b"ncclGetErrorString\0"),
+            _lib: lib,
         };
-        Ok((api, nccl_path))
+        let mut v: c_int = 0;
+        // SAFETY: writes one int.
+        let r = unsafe { (api.get_version)(&mut v) };
+        let lib = NcclLib { api, source, version: 0 };
+        lib.check("ncclGetVersion", r)?;
+        Ok(NcclLib { version: v, ..lib })
     }
 
     fn check(&self, what: &str, r: c_int) -> Result<()> {
         if r == NCCL_SUCCESS {
             return Ok(());
         }
+        bail!("{what} failed: NCCL error {r} ({})", self.error_text(r))
+    }
+
+    fn error_text(&self, r: c_int) -> String {
         // SAFETY: ncclGetErrorString returns a static string for any code.
-        let msg = unsafe { CStr::from_ptr((self.error_string)(r)) }.to_string_lossy();
-        bail!("{what} failed: NCCL error {r} ({msg})")
+        unsafe { CStr::from_ptr((self.api.error_string)(r)) }.to_string_lossy().into_owned()
+    }
+
+    /// "NCCL 2.28.9 (loaded by libtorch from /path/libnccl.so.2)".
+    pub fn describe(&self) -> String {
+        format!("NCCL {} ({})", version_string(self.version), self.source.describe())
     }
 }
 
-/// The installed NCCL's version code (e.g. 22809 for 2.28.9), if libtorch loaded one.
-pub fn version() -> Result<(i32, PathBuf)> {
-    let (api, path) = Api::load()?;
-    let mut v: c_int = 0;
-    // SAFETY: writes one int.
-    api.check("ncclGetVersion", unsafe { (api.get_version)(&mut v) })?;
-    Ok((v, path))
+/// Whether the library at `path` exports NCCL (`ncclGetVersion`).
+fn exports_nccl(path: &Path) -> bool {
+    // SAFETY: `path` is libtorch_cuda, already loaded: this only takes another reference.
+    match unsafe { Library::new(path) } {
+        Ok(lib) => unsafe { lib.get::<unsafe extern "C" fn(*mut c_int) -> c_int>(b"ncclGetVersion\0") }.is_ok(),
+        Err(_) => false,
+    }
 }
 
-pub struct Nccl {
-    mpi: Mpi,
-    api: Api,
-    comm: Comm,
-    device: usize,
-    timeout: Duration,
+static NCCL: OnceLock<std::result::Result<Arc<NcclLib>, String>> = OnceLock::new();
+
+/// The NCCL libtorch uses in this process (found once), or why there is none to use.
+pub fn discover() -> Result<Arc<NcclLib>> {
+    let found = NCCL.get_or_init(|| {
+        // Make sure libtorch's CUDA part (and so its NCCL) is loaded before looking.
+        let _ = tch::Cuda::is_available();
+        let maps = std::fs::read_to_string("/proc/self/maps").unwrap_or_default();
+        let over = std::env::var_os("GANDIST_NCCL_LIB").map(PathBuf::from);
+        plan(&mapped(&maps), over, exports_nccl).and_then(NcclLib::open).map(Arc::new).map_err(|e| format!("{e:#}"))
+    });
+    match found {
+        Ok(l) => Ok(l.clone()),
+        Err(e) => bail!("{e}"),
+    }
 }
 
-impl Nccl {
-    /// Joins the NCCL communicator of all MPI ranks on CUDA device `device`.
-    pub fn init(mpi: Mpi, device: usize, timeout: Duration) -> Result<Nccl> {
-        let (api, path) = Api::load()?;
-        // SAFETY: plain CUDA runtime call.
-        let r = unsafe { (api.cuda_set_device)(device as c_int) };
-        if r != CUDA_SUCCESS {
-            bail!("cudaSetDevice({device}) failed with CUDA error {r}");
+/// How a communicator ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    Aborted,
+    Destroyed,
+}
+
+/// A communicator is live until the first of abort and destroy: exactly one of them runs,
+/// once, whichever thread asks first (the monitor, an error path, the drop).
+#[derive(Default)]
+pub struct Ending(AtomicU8);
+
+impl Ending {
+    /// True for the single caller that ends the communicator.
+    pub fn claim(&self, how: End) -> bool {
+        let code = match how {
+            End::Aborted => 1,
+            End::Destroyed => 2,
+        };
+        self.0.compare_exchange(0, code, Ordering::SeqCst, Ordering::SeqCst).is_ok()
+    }
+
+    pub fn ended(&self) -> Option<End> {
+        match self.0.load(Ordering::SeqCst) {
+            1 => Some(End::Aborted),
+            2 => Some(End::Destroyed),
+            _ => None,
         }
+    }
+}
+
+struct CommPtr(Comm);
+// SAFETY: an NCCL communicator handle may be used from any thread; this module serialises
+// the calls that need it (enqueues against abort) and ends it exactly once.
+unsafe impl Send for CommPtr {}
+unsafe impl Sync for CommPtr {}
+struct EventPtr(CuEvent);
+// SAFETY: CUDA events may be queried and recorded from any thread.
+unsafe impl Send for EventPtr {}
+struct CtxPtr(CuContext);
+unsafe impl Send for CtxPtr {}
+unsafe impl Sync for CtxPtr {}
+
+/// An enqueued collective whose completion is not yet seen.
+struct InFlight {
+    event: EventPtr,
+    what: &'static str,
+    since: Instant,
+}
+
+struct Shared {
+    lib: Arc<NcclLib>,
+    comm: CommPtr,
+    ctx: CtxPtr,
+    timeout: Duration,
+    ending: Ending,
+    /// Held while the main thread is inside an NCCL call, so that the monitor does not abort
+    /// under it (unless that call is itself stuck: see `fail`).
+    gate: Mutex<()>,
+    /// Held by the monitor while it looks at the communicator, and by an abort from the main
+    /// thread, so that the monitor never touches an aborted communicator.
+    watching: Mutex<()>,
+    in_flight: Mutex<VecDeque<InFlight>>,
+    spare_events: Mutex<Vec<EventPtr>>,
+    failure: Mutex<Option<String>>,
+    stop_monitor: AtomicBool,
+    /// Calls of ncclCommAbort and ncclCommDestroy made (the self-test checks them).
+    aborts: AtomicU32,
+    destroys: AtomicU32,
+}
+
+impl Shared {
+    fn driver(&self) -> &'static cuda::Driver {
+        cuda::driver().expect("the driver was loaded before any communicator")
+    }
+
+    /// Keeps the first failure: it is what every later call reports.
+    fn record(&self, msg: String) {
+        let mut f = self.failure.lock().unwrap_or_else(|e| e.into_inner());
+        if f.is_none() {
+            *f = Some(msg);
+        }
+    }
+
+    /// The monitor's way out (it holds `watching`): record, then abort.
+    fn fail(&self, msg: String) {
+        self.record(msg);
+        // Wait a little for a main-thread call to leave NCCL; if it does not (it is queued
+        // behind the hung operation), abort anyway: ncclCommAbort is what releases it.
+        let deadline = Instant::now() + Duration::from_secs(2);
+        let _gate = loop {
+            match self.gate.try_lock() {
+                Ok(g) => break Some(g),
+                Err(_) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(1)),
+                Err(_) => break None,
+            }
+        };
+        self.abort();
+    }
+
+    fn abort(&self) {
+        if self.ending.claim(End::Aborted) {
+            self.aborts.fetch_add(1, Ordering::SeqCst);
+            // SAFETY: the communicator is live (the claim succeeded) and is never used again.
+            unsafe { (self.lib.api.comm_abort)(self.comm.0) };
+        }
+    }
+
+    fn failure(&self) -> Option<String> {
+        self.failure.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// One look at asynchronous errors and the in-flight operations. Returns false once the
+    /// communicator has failed.
+    fn watch(&self) -> bool {
+        let _watching = self.watching.lock().unwrap_or_else(|e| e.into_inner());
+        if self.ending.ended().is_some() {
+            return false;
+        }
+        let mut async_err: c_int = NCCL_SUCCESS;
+        // SAFETY: the communicator is live (the monitor is stopped before it is destroyed,
+        // and only this thread or a failure path aborts it).
+        unsafe { (self.lib.api.get_async_error)(self.comm.0, &mut async_err) };
+        if async_err != NCCL_SUCCESS && async_err != NCCL_IN_PROGRESS {
+            self.fail(format!("NCCL reported an asynchronous error {async_err} ({}); the communicator was aborted", self.lib.error_text(async_err)));
+            return false;
+        }
+        let d = self.driver();
+        let mut q = self.in_flight.lock().unwrap_or_else(|e| e.into_inner());
+        while let Some(front) = q.front() {
+            match d.event_done(front.event.0) {
+                Ok(true) => {
+                    let done = q.pop_front().expect("front exists");
+                    self.spare_events.lock().unwrap_or_else(|e| e.into_inner()).push(done.event);
+                }
+                Ok(false) if front.since.elapsed() > self.timeout => {
+                    let msg = format!(
+                        "{} did not complete within {:?} (dist.timeout_seconds): a peer rank died or hangs; the communicator was aborted",
+                        front.what, self.timeout
+                    );
+                    drop(q);
+                    self.fail(msg);
+                    return false;
+                }
+                Ok(false) => break,
+                Err(e) => {
+                    let msg = format!("waiting for {}: {e:#}; the communicator was aborted", front.what);
+                    drop(q);
+                    self.fail(msg);
+                    return false;
+                }
+            }
+        }
+        true
+    }
+}
+
+/// One NCCL communicator over all MPI ranks, on one CUDA device.
+pub struct Communicator {
+    shared: Arc<Shared>,
+    monitor: Option<std::thread::JoinHandle<()>>,
+    device: usize,
+}
+
+impl Communicator {
+    /// Joins the communicator of all MPI ranks on CUDA device `device`. Every rank calls it;
+    /// the wait for the others is bounded by `timeout` (the job ends past it).
+    pub fn init(lib: Arc<NcclLib>, mpi: &Mpi, device: usize, timeout: Duration) -> Result<Communicator> {
+        let driver = cuda::driver()?;
+        let ctx = driver.make_current(device).with_context(|| format!("CUDA device {device}"))?;
         let mut id = UniqueId { internal: [0; 128] };
         if mpi.rank() == 0 {
             // SAFETY: fills the 128-byte id.
-            api.check("ncclGetUniqueId", unsafe { (api.get_unique_id)(&mut id) })?;
+            lib.check("ncclGetUniqueId", unsafe { (lib.api.get_unique_id)(&mut id) })?;
         }
         mpi.broadcast_bytes(&mut id.internal, 0)?;
         let mut comm: Comm = std::ptr::null_mut();
         let (n, rank) = (mpi.world_size() as c_int, mpi.rank() as c_int);
-        // SAFETY: blocks until all ranks join; the id came from rank 0.
-        api.check("ncclCommInitRank", unsafe { (api.comm_init_rank)(&mut comm, n, id, rank) })
-            .with_context(|| format!("NCCL from {} on CUDA device {device}", path.display()))?;
-        Ok(Nccl { mpi, api, comm, device, timeout })
+        let r = {
+            let _deadline = mpi.deadline(format!("ncclCommInitRank on CUDA device {device} ({})", lib.describe()), timeout);
+            // SAFETY: blocks until all ranks join; the id came from rank 0.
+            unsafe { (lib.api.comm_init_rank)(&mut comm, n, id, rank) }
+        };
+        lib.check("ncclCommInitRank", r).with_context(|| format!("{} on CUDA device {device}", lib.describe()))?;
+        let shared = Arc::new(Shared {
+            lib,
+            comm: CommPtr(comm),
+            ctx: CtxPtr(ctx),
+            timeout,
+            ending: Ending::default(),
+            gate: Mutex::new(()),
+            watching: Mutex::new(()),
+            in_flight: Mutex::new(VecDeque::new()),
+            spare_events: Mutex::new(Vec::new()),
+            failure: Mutex::new(None),
+            stop_monitor: AtomicBool::new(false),
+            aborts: AtomicU32::new(0),
+            destroys: AtomicU32::new(0),
+        });
+        let s = shared.clone();
+        let monitor = std::thread::Builder::new()
+            .name("gandist-nccl-monitor".into())
+            .spawn(move || {
+                // Event queries need the device's context on this thread too.
+                if let Err(e) = s.driver().set_current(s.ctx.0) {
+                    let _watching = s.watching.lock().unwrap_or_else(|e| e.into_inner());
+                    s.fail(format!("the NCCL monitor cannot use the CUDA context: {e:#}"));
+                    return;
+                }
+                while !s.stop_monitor.load(Ordering::SeqCst) && s.watch() {
+                    std::thread::sleep(MONITOR_POLL);
+                }
+            })
+            .context("cannot start the NCCL monitor thread")?;
+        Ok(Communicator { shared, monitor: Some(monitor), device })
     }
 
-    /// Waits for the default stream with a deadline, watching for NCCL's asynchronous errors.
-    fn wait(&self, what: &str) -> Result<()> {
-        let start = Instant::now();
-        loop {
-            // SAFETY: queries the legacy default stream of the current device.
-            match unsafe { (self.api.cuda_stream_query)(DEFAULT_STREAM) } {
-                CUDA_SUCCESS => return Ok(()),
-                CUDA_ERROR_NOT_READY => {}
-                e => bail!("{what}: CUDA error {e} on device {}", self.device),
-            }
-            let mut async_err: c_int = NCCL_SUCCESS;
-            // SAFETY: reads the communicator's error state.
-            unsafe { (self.api.get_async_error)(self.comm, &mut async_err) };
-            if async_err != NCCL_SUCCESS && async_err != NCCL_IN_PROGRESS {
-                unsafe { (self.api.comm_abort)(self.comm) };
-                self.api.check(what, async_err)?;
-            }
-            if start.elapsed() > self.timeout {
-                unsafe { (self.api.comm_abort)(self.comm) };
-                bail!(
-                    "{what} did not complete within {:?} (dist.timeout_seconds): a peer rank died or hangs; the communicator was aborted",
-                    self.timeout
-                );
-            }
-            std::thread::sleep(Duration::from_micros(50));
+    /// The error that ended this communicator, if one did.
+    pub fn check(&self) -> Result<()> {
+        match self.shared.failure() {
+            Some(msg) => bail!("{msg}"),
+            None if self.shared.ending.ended().is_some() => bail!("the NCCL communicator was already ended"),
+            None => Ok(()),
         }
     }
 
-    fn collective(&self, buf: &Tensor, what: &str, f: impl FnOnce(*mut c_void, usize) -> c_int) -> Result<()> {
+    /// (ncclCommAbort calls, ncclCommDestroy calls) so far.
+    pub fn ends(&self) -> (u32, u32) {
+        (self.shared.aborts.load(Ordering::SeqCst), self.shared.destroys.load(Ordering::SeqCst))
+    }
+
+    /// Enqueues one collective on `buf` (in place) and returns without waiting for it.
+    fn enqueue(&self, buf: &Tensor, what: &'static str, f: impl FnOnce(Comm, *mut c_void, usize) -> c_int) -> Result<()> {
         if buf.device() != Device::Cuda(self.device) || buf.kind() != Kind::Float || !buf.is_contiguous() {
             bail!("{what} takes a contiguous float32 tensor on cuda:{}, got {:?} on {:?}", self.device, buf.kind(), buf.device());
         }
-        let r = f(buf.data_ptr(), buf.numel());
-        self.api.check(what, r)?;
-        self.wait(what)
+        self.check()?;
+        let s = &self.shared;
+        let d = s.driver();
+        let event = match s.spare_events.lock().unwrap_or_else(|e| e.into_inner()).pop() {
+            Some(e) => e,
+            None => EventPtr(d.event_create()?),
+        };
+        {
+            let _gate = s.gate.lock().unwrap_or_else(|e| e.into_inner());
+            if s.ending.ended().is_some() {
+                drop(_gate);
+                return self.check();
+            }
+            let r = f(s.comm.0, buf.data_ptr(), buf.numel());
+            if r != NCCL_SUCCESS {
+                s.record(format!("{what} failed: NCCL error {r} ({}); the communicator was aborted", s.lib.error_text(r)));
+                drop(_gate);
+                self.abort();
+                return self.check();
+            }
+            d.event_record(event.0)?;
+        }
+        s.in_flight.lock().unwrap_or_else(|e| e.into_inner()).push_back(InFlight { event, what, since: Instant::now() });
+        Ok(())
+    }
+
+    pub fn all_reduce_sum(&self, buf: &mut Tensor) -> Result<()> {
+        let f = self.shared.lib.api.all_reduce;
+        // SAFETY: in place on the tensor's own device memory, ordered on the default stream.
+        self.enqueue(buf, "ncclAllReduce", |comm, p, n| unsafe { f(p, p, n, NCCL_FLOAT32, NCCL_SUM, comm, DEFAULT_STREAM) })
+    }
+
+    pub fn broadcast(&self, buf: &mut Tensor, root: usize) -> Result<()> {
+        let f = self.shared.lib.api.broadcast;
+        // SAFETY: as above.
+        self.enqueue(buf, "ncclBroadcast", |comm, p, n| unsafe { f(p, p, n, NCCL_FLOAT32, root as c_int, comm, DEFAULT_STREAM) })
+    }
+
+    fn stop_monitor(&mut self) {
+        self.shared.stop_monitor.store(true, Ordering::SeqCst);
+        if let Some(m) = self.monitor.take() {
+            let _ = m.join();
+        }
+    }
+
+    /// Aborts the communicator (if nothing ended it yet), for an error path. Does not wait
+    /// for the monitor thread, which may itself be aborting.
+    pub fn abort(&self) {
+        let s = &self.shared;
+        s.stop_monitor.store(true, Ordering::SeqCst);
+        let _watching = s.watching.lock().unwrap_or_else(|e| e.into_inner());
+        s.abort();
     }
 }
 
-impl Drop for Nccl {
+impl Drop for Communicator {
     fn drop(&mut self) {
-        // SAFETY: the communicator is not used after this.
-        unsafe { (self.api.comm_destroy)(self.comm) };
+        self.stop_monitor();
+        let s = &self.shared;
+        if s.ending.claim(End::Destroyed) {
+            s.destroys.fetch_add(1, Ordering::SeqCst);
+            // SAFETY: the communicator is live and nothing uses it after this.
+            unsafe { (s.lib.api.comm_destroy)(s.comm.0) };
+        }
+        let d = s.driver();
+        let in_flight: Vec<InFlight> = s.in_flight.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for e in in_flight.into_iter().map(|f| f.event).chain(s.spare_events.lock().unwrap_or_else(|e| e.into_inner()).drain(..)) {
+            d.event_destroy(e.0);
+        }
+    }
+}
+
+/// The NCCL backend: NCCL for device tensors, MPI for everything on the host.
+pub struct Nccl {
+    // Declared before `mpi`: the communicator ends before MPI is finalised.
+    comm: Communicator,
+    mpi: Mpi,
+}
+
+impl Nccl {
+    /// The backend over a communicator joined with `Communicator::init` on these ranks.
+    pub fn from_parts(comm: Communicator, mpi: Mpi) -> Nccl {
+        Nccl { comm, mpi }
     }
 }
 
@@ -205,6 +578,9 @@ impl Collective for Nccl {
     fn local_rank(&self) -> usize {
         self.mpi.local_rank()
     }
+    fn local_size(&self) -> usize {
+        self.mpi.local_size()
+    }
     fn backend_name(&self) -> &'static str {
         "nccl"
     }
@@ -212,27 +588,82 @@ impl Collective for Nccl {
         if !buf.device().is_cuda() {
             return self.mpi.all_reduce_sum(buf);
         }
-        let (f, comm) = (self.api.all_reduce, self.comm);
-        // SAFETY: in place on the tensor's own device memory, ordered on the default stream.
-        self.collective(buf, "ncclAllReduce", |p, n| unsafe { f(p, p, n, NCCL_FLOAT32, NCCL_SUM, comm, DEFAULT_STREAM) })
+        self.comm.all_reduce_sum(buf)
     }
     fn broadcast(&self, buf: &mut Tensor, root: usize) -> Result<()> {
         if !buf.device().is_cuda() {
             return self.mpi.broadcast(buf, root);
         }
-        let (f, comm) = (self.api.broadcast, self.comm);
-        // SAFETY: as above.
-        self.collective(buf, "ncclBroadcast", |p, n| unsafe { f(p, p, n, NCCL_FLOAT32, root as c_int, comm, DEFAULT_STREAM) })
+        self.comm.broadcast(buf, root)
     }
     fn all_gather_u64(&self, x: u64) -> Result<Vec<u64>> {
         self.mpi.all_gather_u64(x)
     }
+    fn any(&self, flag: bool) -> Result<bool> {
+        self.comm.check()?;
+        self.mpi.any(flag)
+    }
     fn barrier(&self) -> Result<()> {
+        self.comm.check()?;
         self.mpi.barrier()
     }
+    fn check(&self) -> Result<()> {
+        self.comm.check()
+    }
+    fn exercise_abort(&self) -> Result<Option<String>> {
+        self.comm.check()?;
+        let (lib, dev) = (self.comm.shared.lib.clone(), self.comm.device);
+        let deadline = Duration::from_millis(20);
+        let probe = Communicator::init(lib, &self.mpi, dev, deadline)?;
+        // Keep the device busy far past the deadline, then queue a reduction behind that work:
+        // its event cannot complete in time, so the monitor must abort the probe.
+        let a = Tensor::randn([4096, 4096], (Kind::Float, Device::Cuda(dev)));
+        let mut x = a.shallow_clone();
+        for _ in 0..100 {
+            x = x.matmul(&a) / 64.0;
+        }
+        let mut buf = Tensor::ones([1024], (Kind::Float, Device::Cuda(dev)));
+        let queued = Instant::now();
+        probe.all_reduce_sum(&mut buf)?;
+        let err = loop {
+            if let Err(e) = probe.check() {
+                break format!("{e:#}");
+            }
+            if queued.elapsed() > Duration::from_secs(60) {
+                bail!("an all-reduce overdue by a minute was not aborted (deadline {deadline:?})");
+            }
+            std::thread::sleep(Duration::from_millis(2));
+        };
+        let noticed = queued.elapsed();
+        if !err.contains("did not complete within") {
+            bail!("the probe failed for another reason than its deadline: {err}");
+        }
+        if probe.all_reduce_sum(&mut buf).is_ok() {
+            bail!("a call on the aborted communicator succeeded");
+        }
+        let shared = probe.shared.clone();
+        drop(probe);
+        let ends = (shared.aborts.load(Ordering::SeqCst), shared.destroys.load(Ordering::SeqCst));
+        if ends != (1, 0) {
+            bail!("the aborted communicator saw {} ncclCommAbort and {} ncclCommDestroy calls, expected 1 and 0", ends.0, ends.1);
+        }
+        // The device work finishes, and the job's own communicator still works.
+        let _ = crate::hostread::scalar(&x.sum(Kind::Float));
+        let mut one = Tensor::ones([3], (Kind::Float, Device::Cuda(dev)));
+        self.comm.all_reduce_sum(&mut one)?;
+        let sum = crate::hostread::vec_f32(&one)?;
+        if sum != vec![self.world_size() as f32; 3] {
+            bail!("the job's communicator gave {sum:?} after the probe's abort");
+        }
+        self.comm.check()?;
+        Ok(Some(format!(
+            "an all-reduce queued behind ~100 ms of work was aborted {:.0} ms after it was queued (deadline {deadline:?}); ncclCommAbort 1x, ncclCommDestroy 0x; later calls fail; the job's communicator still works; error: {err}",
+            noticed.as_secs_f64() * 1e3
+        )))
+    }
     fn abort(&self, code: i32) -> ! {
-        // SAFETY: ends outstanding NCCL work so that the MPI abort is not stuck behind it.
-        unsafe { (self.api.comm_abort)(self.comm) };
+        // End the communicator first, so that the MPI abort is not stuck behind NCCL work.
+        self.comm.abort();
         self.mpi.abort(code)
     }
 }
@@ -241,22 +672,94 @@ impl Collective for Nccl {
 mod tests {
     use super::*;
 
-    /// The loader finds the NCCL that libtorch itself loaded (when libtorch has CUDA
-    /// libraries, as the PyPI build does even on machines without a GPU) and reads its version.
+    const MAPS: &str = "\
+7f00-7f01 r-xp 00000000 08:01 11 /usr/lib/libc.so.6
+7f02-7f03 r-xp 00000000 08:01 12 /venv/torch/lib/libtorch_cuda.so
+7f04-7f05 r-xp 00000000 08:01 13 /venv/nvidia/nccl/lib/libnccl.so.2
+7f06-7f07 r--p 00010000 08:01 13 /venv/nvidia/nccl/lib/libnccl.so.2
+7f08-7f09 r-xp 00000000 08:01 14 /venv/torch/lib/libtorch_cuda_linalg.so
+7f0a-7f0b r-xp 00000000 08:01 15 /opt/nccl-net/libnccl-net.so
+7f0c-7f0d rw-p 00000000 00:00 0 [heap]
+";
+
+    #[test]
+    fn maps_name_the_loaded_nccl_and_libtorch_cuda() {
+        let m = mapped(MAPS);
+        assert_eq!(m.nccl, vec![PathBuf::from("/venv/nvidia/nccl/lib/libnccl.so.2")]);
+        assert_eq!(m.torch_cuda, Some(PathBuf::from("/venv/torch/lib/libtorch_cuda.so")));
+        let never = |_: &Path| panic!("not asked when a libnccl is mapped");
+        assert_eq!(plan(&m, None, never).unwrap(), Source::Loaded("/venv/nvidia/nccl/lib/libnccl.so.2".into()));
+    }
+
+    #[test]
+    fn two_nccls_are_refused() {
+        let maps = format!("{MAPS}7f10-7f11 r-xp 00000000 08:01 16 /usr/lib/x86_64-linux-gnu/libnccl.so.2.28.3\n");
+        let e = format!("{:#}", plan(&mapped(&maps), None, |_| false).unwrap_err());
+        assert!(e.contains("two different NCCL libraries") && e.contains("/venv/nvidia/nccl/lib/libnccl.so.2") && e.contains("libnccl.so.2.28.3"), "{e}");
+        // An override naming another NCCL than the loaded one is refused too.
+        let e = format!("{:#}", plan(&mapped(MAPS), Some("/opt/other/libnccl.so.2".into()), |_| false).unwrap_err());
+        assert!(e.contains("GANDIST_NCCL_LIB") && e.contains("corrupt"), "{e}");
+    }
+
+    #[test]
+    fn static_nccl_in_libtorch_cuda_or_none_is_said_exactly() {
+        // A standalone libtorch: no libnccl file, NCCL inside libtorch_cuda.
+        let maps = "7f02-7f03 r-xp 00000000 08:01 12 /opt/libtorch/lib/libtorch_cuda.so\n";
+        let m = mapped(maps);
+        assert_eq!(plan(&m, None, |_| true).unwrap(), Source::Static("/opt/libtorch/lib/libtorch_cuda.so".into()));
+        let e = format!("{:#}", plan(&m, Some("/x/libnccl.so.2".into()), |_| true).unwrap_err());
+        assert!(e.contains("links NCCL statically") && e.contains("second NCCL"), "{e}");
+        let e = format!("{:#}", plan(&m, None, |_| false).unwrap_err());
+        assert!(e.contains("/opt/libtorch/lib/libtorch_cuda.so loaded no libnccl and exports no NCCL symbols"), "{e}");
+        assert_eq!(plan(&m, Some("/x/libnccl.so.2".into()), |_| false).unwrap(), Source::Override("/x/libnccl.so.2".into()));
+        // No CUDA part at all.
+        let e = format!("{:#}", plan(&mapped("7f00-7f01 r-xp 00000000 08:01 11 /usr/lib/libc.so.6\n"), None, |_| true).unwrap_err());
+        assert!(e.contains("libtorch_cuda is not loaded"), "{e}");
+    }
+
+    #[test]
+    fn version_codes() {
+        assert_eq!(version_string(22809), "2.28.9");
+        assert_eq!(version_string(21903), "2.19.3");
+        assert_eq!(version_string(2804), "2.8.4");
+    }
+
+    #[test]
+    fn a_communicator_ends_exactly_once() {
+        let e = Ending::default();
+        assert_eq!(e.ended(), None);
+        assert!(e.claim(End::Aborted));
+        assert!(!e.claim(End::Aborted), "a second abort must not run");
+        assert!(!e.claim(End::Destroyed), "an aborted communicator must not be destroyed");
+        assert_eq!(e.ended(), Some(End::Aborted));
+        // Racing threads: one winner.
+        let e = Arc::new(Ending::default());
+        let wins: usize = (0..8)
+            .map(|i| {
+                let e = e.clone();
+                std::thread::spawn(move || e.claim(if i % 2 == 0 { End::Aborted } else { End::Destroyed }) as usize)
+            })
+            .collect::<Vec<_>>()
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .sum();
+        assert_eq!(wins, 1);
+    }
+
+    /// In this process: libtorch from PyPI loads its libnccl even without a GPU; discovery
+    /// finds exactly that file and reads its version.
     #[test]
     fn finds_the_nccl_libtorch_loaded() {
-        // Make sure libtorch_cuda (and so its NCCL) is loaded in this test process.
         let _ = tch::Cuda::is_available();
-        match loaded_library("libtorch_cuda") {
-            Some(_) => {
-                let (v, path) = version().unwrap();
-                assert!(v >= 20000, "NCCL version code {v} from {}", path.display());
-                assert_eq!(Some(path), loaded_library("libnccl.so"));
+        let m = mapped(&std::fs::read_to_string("/proc/self/maps").unwrap());
+        match discover() {
+            Ok(lib) => {
+                assert!(lib.version >= 20000, "{}", lib.describe());
+                if let Some(p) = m.nccl.first() {
+                    assert_eq!(lib.source, Source::Loaded(p.clone()));
+                }
             }
-            None => {
-                let e = format!("{:#}", version().unwrap_err());
-                assert!(e.contains("dist.backend = \"mpi\""), "{e}");
-            }
+            Err(e) => assert!(m.torch_cuda.is_none() || m.nccl.is_empty(), "{e:#}"),
         }
     }
 }

@@ -120,8 +120,8 @@ impl Classifier {
                 let len = CHUNK.min(n - start);
                 let x = images.narrow(0, start, len).to_device(self.device());
                 let f = self.features(&x);
-                probs.push(self.fc2.forward(&f).softmax(-1, Kind::Float).to_device(Device::Cpu));
-                feats.push(f.to_device(Device::Cpu));
+                probs.push(crate::hostread::to_cpu(&self.fc2.forward(&f).softmax(-1, Kind::Float)));
+                feats.push(crate::hostread::to_cpu(&f));
                 start += len;
             }
             Outputs { features: Tensor::cat(&feats, 0), probs: Tensor::cat(&probs, 0) }
@@ -131,7 +131,7 @@ impl Classifier {
     /// Fraction of `images` whose top class equals `labels`.
     pub fn accuracy(&self, images: &Tensor, labels: &Tensor) -> f64 {
         let pred = self.outputs(images).probs.argmax(-1, false);
-        pred.eq_tensor(&labels.to_device(Device::Cpu)).to_kind(Kind::Double).mean(Kind::Double).double_value(&[])
+        crate::hostread::scalar(&pred.eq_tensor(&crate::hostread::to_cpu(labels)).to_kind(Kind::Double).mean(Kind::Double))
     }
 
     /// Trains on MNIST's training split with Adam and reports accuracy on the test split.
@@ -256,7 +256,7 @@ impl Classifier {
             if mean.size() != [FEATURES] || cov.size() != [FEATURES, FEATURES] {
                 bail!("{}: reference statistics have shapes {:?} and {:?}, expected [{FEATURES}] and [{FEATURES}, {FEATURES}]: {retrain}", path.display(), mean.size(), cov.size());
             }
-            net.reference = Some(Gaussian { mean, cov, n: n.double_value(&[0]) as usize });
+            net.reference = Some(Gaussian { mean, cov, n: crate::hostread::scalar(&n) as usize });
         }
         Ok(net)
     }
@@ -265,10 +265,9 @@ impl Classifier {
 /// Dtype, shape and little-endian bytes of a float32 or float64 tensor.
 fn tensor_bytes(t: &Tensor) -> Result<(Dtype, Vec<usize>, Vec<u8>)> {
     let shape = t.size().iter().map(|&d| d as usize).collect();
-    let flat = t.to_device(Device::Cpu).contiguous().flatten(0, -1);
     Ok(match t.kind() {
-        Kind::Double => (Dtype::F64, shape, Vec::<f64>::try_from(&flat)?.iter().flat_map(|x| x.to_le_bytes()).collect()),
-        _ => (Dtype::F32, shape, Vec::<f32>::try_from(&flat.to_kind(Kind::Float))?.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        Kind::Double => (Dtype::F64, shape, crate::hostread::vec_f64(t)?.iter().flat_map(|x| x.to_le_bytes()).collect()),
+        _ => (Dtype::F32, shape, crate::hostread::vec_f32(&t.to_kind(Kind::Float))?.iter().flat_map(|x| x.to_le_bytes()).collect()),
     })
 }
 

@@ -2,7 +2,7 @@
 //! computed in float64 on the CPU with symmetric eigendecompositions.
 
 use anyhow::{bail, Result};
-use tch::{Device, Kind, Tensor};
+use tch::{Kind, Tensor};
 
 /// Mean and covariance of a set of feature vectors, in float64 on the CPU.
 pub struct Gaussian {
@@ -20,7 +20,7 @@ impl Gaussian {
         if size.len() != 2 || size[0] < 2 {
             bail!("feature statistics need at least 2 feature vectors (got shape {size:?})");
         }
-        let x = features.to_device(Device::Cpu).to_kind(Kind::Double);
+        let x = crate::hostread::to_cpu(features).to_kind(Kind::Double);
         let n = size[0];
         let mean = x.mean_dim(0, false, Kind::Double);
         let centred = &x - &mean;
@@ -45,13 +45,13 @@ fn sqrt_psd(s: &Tensor) -> Tensor {
 /// tr sqrt(S1 S2) for symmetric PSD S1, S2, as tr sqrt(S1^1/2 S2 S1^1/2): that matrix is
 /// symmetric PSD, so a symmetric eigensolver applies and no complex square root is needed.
 pub fn trace_sqrt_product(s1: &Tensor, s2: &Tensor) -> f64 {
-    let s1 = s1.to_device(Device::Cpu).to_kind(Kind::Double);
-    let s2 = s2.to_device(Device::Cpu).to_kind(Kind::Double);
+    let s1 = crate::hostread::to_cpu(s1).to_kind(Kind::Double);
+    let s2 = crate::hostread::to_cpu(s2).to_kind(Kind::Double);
     let r = sqrt_psd(&s1);
     let m = r.matmul(&s2).matmul(&r);
     let m = (&m + m.transpose(0, 1)) * 0.5;
     let (vals, _) = m.linalg_eigh("L");
-    vals.clamp_min(0.0).sqrt().sum(Kind::Double).double_value(&[])
+    crate::hostread::scalar(&vals.clamp_min(0.0).sqrt().sum(Kind::Double))
 }
 
 /// ||m1 - m2||^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2), clamped at 0 against rounding.
@@ -60,8 +60,8 @@ pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> Result<f64> {
         bail!("feature dimensions differ: {} vs {}", a.dim(), b.dim());
     }
     let diff = &a.mean - &b.mean;
-    let mean_term = diff.dot(&diff).double_value(&[]);
-    let tr = |s: &Tensor| s.trace().double_value(&[]);
+    let mean_term = crate::hostread::scalar(&diff.dot(&diff));
+    let tr = |s: &Tensor| crate::hostread::scalar(&s.trace());
     let d = mean_term + tr(&a.cov) + tr(&b.cov) - 2.0 * trace_sqrt_product(&a.cov, &b.cov);
     if !d.is_finite() {
         bail!("the Frechet distance is not finite ({d}): the features hold non-finite values");
@@ -72,6 +72,7 @@ pub fn frechet_distance(a: &Gaussian, b: &Gaussian) -> Result<f64> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use tch::Device;
 
     fn mat(rows: &[&[f64]]) -> Tensor {
         let n = rows.len() as i64;

@@ -136,7 +136,7 @@ pub fn generate(g: &Generator, n: usize, seed: u64) -> Tensor {
         let parts: Vec<Tensor> = z
             .split(GEN_CHUNK, 0)
             .iter()
-            .map(|c| quantize(&g.forward(&c.to_device(device))).to_device(Device::Cpu))
+            .map(|c| crate::hostread::to_cpu(&quantize(&g.forward(&crate::device::upload(c, device)))))
             .collect();
         Tensor::cat(&parts, 0)
     })
@@ -186,7 +186,7 @@ impl Evaluator {
         let out = self.classifier.outputs(&digits);
         let fid = frechet::frechet_distance(&Gaussian::of_features(&out.features)?, &self.reference)?;
         let (top, labels) = out.probs.max_dim(-1, false);
-        let labels: Vec<i64> = Vec::try_from(&labels)?;
+        let labels: Vec<i64> = crate::hostread::vec_i64(&labels)?;
         let hist = histogram(&labels, 10);
         let stacked = (channels == STACKED_CHANNELS).then(|| {
             let modes = histogram(&stacked_modes(&labels), 1000);
@@ -197,7 +197,7 @@ impl Evaluator {
             fid,
             classes_covered: covered(&hist, COVERAGE_SHARE),
             kl_uniform: kl_to_uniform(&hist),
-            confidence: top.mean(Kind::Double).double_value(&[]),
+            confidence: crate::hostread::scalar(&top.mean(Kind::Double)),
             histogram: hist,
             stacked,
         })

@@ -16,9 +16,12 @@ impl Ema {
         Ema { beta, flat: params_flat.detach().copy() }
     }
 
-    pub fn update(&mut self, params_flat: &Tensor) {
+    /// One update where `apply` (a one-element bool tensor: the generator step was taken)
+    /// is true; on the device.
+    pub fn update(&mut self, params_flat: &Tensor, apply: &Tensor) {
         tch::no_grad(|| {
-            let _ = self.flat.lerp_(params_flat, 1.0 - self.beta);
+            let next = self.flat.lerp(params_flat, 1.0 - self.beta);
+            crate::optim::select_into(&self.flat, apply, &next);
         })
     }
 }
@@ -35,10 +38,13 @@ mod tests {
         let theta = |i: usize| [i as f64 * 0.5 - 1.0, (i * i) as f64 * 0.1];
         let mut ema = Ema::new(&Tensor::from_slice(&theta(0).map(|x| x as f32)), beta);
         let k = 7;
+        let yes = Tensor::from(true);
         for i in 1..=k {
-            ema.update(&Tensor::from_slice(&theta(i).map(|x| x as f32)));
+            ema.update(&Tensor::from_slice(&theta(i).map(|x| x as f32)), &yes);
+            // Skipped generator steps leave the average alone.
+            ema.update(&Tensor::from_slice(&[9.0f32, 9.0]), &Tensor::from(false));
         }
-        let got: Vec<f32> = Vec::try_from(&ema.flat).unwrap();
+        let got = crate::hostread::vec_f32(&ema.flat).unwrap();
         for j in 0..2 {
             let mut want = beta.powi(k as i32) * theta(0)[j];
             for i in 1..=k {
@@ -49,8 +55,8 @@ mod tests {
         // Half-life: a constant step from 0 to 1 is halfway after 3 updates.
         let mut e = Ema::new(&Tensor::from_slice(&[0.0f32]), beta);
         for _ in 0..3 {
-            e.update(&Tensor::from_slice(&[1.0f32]));
+            e.update(&Tensor::from_slice(&[1.0f32]), &yes);
         }
-        assert!((e.flat.double_value(&[0]) - 0.5).abs() < 1e-6);
+        assert!((crate::hostread::scalar(&e.flat) - 0.5).abs() < 1e-6);
     }
 }

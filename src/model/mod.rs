@@ -146,19 +146,9 @@ pub fn layer_of(param_name: &str) -> &str {
 
 /// Converts generator output in [-1, 1] to bytes 0..255, in (n, channels, 28, 28) order.
 pub fn to_bytes(images: &Tensor) -> Vec<u8> {
-    let t = images
-        .detach()
-        .to_device(Device::Cpu)
-        .g_add_scalar(1.0)
-        .g_mul_scalar(127.5)
-        .round()
-        .clamp(0.0, 255.0)
-        .to_kind(Kind::Uint8)
-        .contiguous();
-    let n = t.numel();
-    let mut out = vec![0u8; n];
-    t.copy_data(&mut out, n);
-    out
+    // Rounded on the device: only bytes travel to the host.
+    let t = images.detach().g_add_scalar(1.0).g_mul_scalar(127.5).round().clamp(0.0, 255.0).to_kind(Kind::Uint8);
+    crate::hostread::bytes(&t)
 }
 
 #[cfg(test)]

@@ -75,11 +75,21 @@ impl ParamSet {
     /// first appearance (a layer groups the parameters that `layer_of` maps to one name, e.g.
     /// conv1.weight and conv1.bias). One host copy for all layers.
     pub fn layer_norms(&self, flat_grad: &Tensor) -> Result<Vec<(String, f64)>, tch::TchError> {
-        let offsets = self.offsets();
-        let parts: Vec<Tensor> = offsets.iter().map(|&(o, n)| flat_grad.narrow(0, o, n).norm()).collect();
-        let per_param: Vec<f32> = Vec::try_from(&Tensor::stack(&parts, 0).to_device(Device::Cpu))?;
+        let per_param = crate::hostread::vec_f32(&self.param_norms(flat_grad))?;
+        Ok(self.group_layers(&per_param))
+    }
+
+    /// The L2 norm of each parameter's part of a flat gradient, on the device (one value per
+    /// parameter, in order).
+    pub fn param_norms(&self, flat_grad: &Tensor) -> Tensor {
+        let parts: Vec<Tensor> = self.offsets().iter().map(|&(o, n)| flat_grad.narrow(0, o, n).norm()).collect();
+        Tensor::stack(&parts, 0)
+    }
+
+    /// Per-layer norms from per-parameter ones (as `param_norms` orders them).
+    pub fn group_layers(&self, per_param: &[f32]) -> Vec<(String, f64)> {
         let mut layers: Vec<(String, f64)> = Vec::new();
-        for (name, norm) in self.names.iter().zip(per_param) {
+        for (name, &norm) in self.names.iter().zip(per_param) {
             let layer = super::layer_of(name);
             let sq = (norm as f64) * (norm as f64);
             match layers.iter_mut().find(|(l, _)| l == layer) {
@@ -87,7 +97,7 @@ impl ParamSet {
                 None => layers.push((layer.to_string(), sq)),
             }
         }
-        Ok(layers.into_iter().map(|(l, sq)| (l, sq.sqrt())).collect())
+        layers.into_iter().map(|(l, sq)| (l, sq.sqrt())).collect()
     }
 
     /// Concatenates per-parameter gradients into one flat tensor (missing ones as zeros).
@@ -126,7 +136,7 @@ mod tests {
         assert_eq!(n.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
         assert!((n[0].1 - 55f64.sqrt()).abs() < 1e-6, "{n:?}");
         assert!((n[1].1 - 5.0).abs() < 1e-6, "{n:?}");
-        let global = g.norm().double_value(&[]);
+        let global = crate::hostread::scalar(&g.norm());
         let rss = n.iter().map(|(_, v)| v * v).sum::<f64>().sqrt();
         assert!((rss - global).abs() < 1e-5 * global, "{rss} vs {global}");
     }

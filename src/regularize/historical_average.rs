@@ -26,22 +26,24 @@ impl HistoricalAverage {
     }
 
     /// Adds 2 lambda (theta - mean) to `grad` in place; returns the unweighted
-    /// ||theta - mean||^2 (the loss term is lambda times it).
-    pub fn apply(&self, grad: &Tensor, params: &Tensor) -> f64 {
+    /// ||theta - mean||^2 (the loss term is lambda times it), on the device.
+    pub fn apply(&self, grad: &Tensor, params: &Tensor) -> Tensor {
         tch::no_grad(|| {
             let diff = params - &self.mean;
             let mut g = grad.shallow_clone();
             let _ = g.g_add_(&(&diff * (2.0 * self.lambda)));
-            diff.square().sum(Kind::Float).double_value(&[])
+            diff.square().sum(Kind::Float)
         })
     }
 
-    /// Folds the parameters after an update into the mean: mean += (theta - mean) / (n + 1).
-    pub fn record(&mut self, params: &Tensor) {
+    /// Folds the parameters after an update into the mean, mean += (theta - mean) / (n + 1),
+    /// where `apply` (a one-element bool tensor: the update was taken) is true; on the device.
+    pub fn record(&mut self, params: &Tensor, apply: &Tensor) {
         tch::no_grad(|| {
-            let n = self.count.double_value(&[0]) + 1.0;
-            let _ = self.mean.lerp_(params, 1.0 / n);
-            let _ = self.count.fill_(n);
+            let n = &self.count + 1.0;
+            let mean = self.mean.lerp_tensor(params, &n.reciprocal());
+            crate::optim::select_into(&self.mean, apply, &mean);
+            crate::optim::select_into(&self.count, apply, &n);
         })
     }
 }
@@ -57,17 +59,19 @@ mod tests {
         let seq = [[1.0f32, 0.0], [3.0, 2.0], [2.0, -4.0], [6.0, 2.0]];
         let mut h = HistoricalAverage::new(&Tensor::from_slice(&seq[0]), 0.5);
         for s in &seq[1..] {
-            h.record(&Tensor::from_slice(s));
+            h.record(&Tensor::from_slice(s), &Tensor::from(true));
+            // A skipped update is not recorded.
+            h.record(&Tensor::from_slice(&[1e6f32, 1e6]), &Tensor::from(false));
         }
-        let mean: Vec<f32> = Vec::try_from(&h.mean).unwrap();
+        let mean = crate::hostread::vec_f32(&h.mean).unwrap();
         // Incremental means in float32: exact up to rounding of the running updates.
         assert!((mean[0] - 3.0).abs() < 1e-6 && mean[1].abs() < 1e-6, "{mean:?}");
         h.mean.copy_(&Tensor::from_slice(&[3.0f32, 0.0]));
-        assert_eq!(h.count.double_value(&[0]), 4.0);
+        assert_eq!(crate::hostread::scalar(&h.count), 4.0);
         let theta = Tensor::from_slice(&[5.0f32, 1.0]);
         let g = Tensor::zeros([2], (Kind::Float, tch::Device::Cpu));
-        let v = h.apply(&g, &theta);
+        let v = crate::hostread::scalar(&h.apply(&g, &theta));
         assert!((v - (4.0 + 1.0)).abs() < 1e-6);
-        assert_eq!(Vec::<f32>::try_from(&g).unwrap(), vec![2.0, 1.0]);
+        assert_eq!(crate::hostread::vec_f32(&g).unwrap(), vec![2.0, 1.0]);
     }
 }

@@ -1,6 +1,14 @@
 //! The training run: device and rank set-up, run directory, resume, the loop (critic phase,
 //! generator phase, log, samples, checkpoint), and a clean stop on SIGTERM/SIGINT that every
 //! rank agrees on.
+//!
+//! The loop reads from the device only at sync steps (logging, samples, checkpoints,
+//! evaluation, a stop, the end; the same steps on every rank): there `Trainer::sync` brings
+//! every update's figures to the host, and the decisions that need them (rollback, health,
+//! what is logged) are made. Between sync steps an iteration only queues work. A stop request
+//! travels in a host-side agreement after every iteration. After rank 0's own work (samples,
+//! evaluation, checkpoints) every rank meets at a host barrier bounded by
+//! `dist.root_work_timeout_seconds`, so that `dist.timeout_seconds` times collectives alone.
 
 pub mod observe;
 pub mod phases;
@@ -19,7 +27,7 @@ use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::rc::Rc;
 use std::sync::Arc;
 use std::time::Instant;
-pub use step::{Trainer, UpdateStats};
+pub use step::{IterationStats, Trainer, UpdateStats};
 use tch::Device;
 
 #[derive(Debug, Clone)]
@@ -99,17 +107,62 @@ fn prepare_run_dir(dir: &Path) -> Result<()> {
 
 /// Trains `cfg` and returns how the run ended. Runs on every rank.
 pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
-    let (comm, device) = dist::init(&cfg.dist, &cfg.train.device)?;
-    let comm: Rc<dyn Collective> = Rc::from(comm);
-    let result = run_with(cfg, opts, comm.clone(), device);
-    if let Err(e) = &result {
-        if comm.world_size() > 1 {
-            // A rank that fails alone would leave the others waiting in a collective.
-            eprintln!("rank {}: error: {e:#}", comm.rank());
-            comm.abort(1);
+    let started = dist::init(&cfg.dist, &cfg.train.device)?;
+    eprintln!("{}", started.report);
+    let comm: Rc<dyn Collective> = Rc::from(started.comm);
+    let result = run_with(cfg, opts, comm.clone(), started.device);
+    dist::or_abort(comm.as_ref(), result)
+}
+
+/// Which of a step's duties are due; the same on every rank (a function of the step, the
+/// configuration and the agreed stop).
+struct Due {
+    log: bool,
+    samples: bool,
+    checkpoint: bool,
+    eval: bool,
+}
+
+impl Due {
+    fn at(step: u64, cfg: &Config, stopping: bool) -> Due {
+        let t = &cfg.train;
+        let last = step == t.iterations;
+        let eval = cfg.eval.every > 0 && (step % cfg.eval.every == 0 || last);
+        Due {
+            log: step % t.log_every == 0 || last || stopping || eval,
+            samples: step % t.sample_every == 0 || last || stopping,
+            checkpoint: step % t.checkpoint_every == 0 || last || stopping,
+            eval,
         }
     }
-    result
+
+    /// A sync step: the host reads the device's figures.
+    fn sync(&self) -> bool {
+        self.log || self.samples || self.checkpoint || self.eval
+    }
+
+    /// Rank 0 does work of its own, which the others wait for at a host barrier.
+    fn root_work(&self) -> bool {
+        self.samples || self.checkpoint || self.eval
+    }
+}
+
+/// Host reads of device data in a run: at sync steps, and between them (which must stay 0).
+#[derive(Default)]
+struct ReadTally {
+    sync_steps: u64,
+    at_sync: u64,
+    between: u64,
+}
+
+impl std::fmt::Display for ReadTally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "host reads of device data: {} at {} sync steps, {} between them", self.at_sync, self.sync_steps, self.between)?;
+        match crate::hostread::staged() {
+            0 => Ok(()),
+            n => write!(f, "; {n} more staged the MPI backend's reductions through the host"),
+        }
+    }
 }
 
 fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: Device) -> Result<Outcome> {
@@ -163,6 +216,8 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         }
     }
     trainer.broadcast_state()?;
+    // An asynchronous failure of the start-up broadcast surfaces here.
+    trainer.comm.check()?;
 
     let evaluator = if is_root && cfg.eval.every > 0 { Some(load_evaluator(&cfg, &opts.data_dir, device)?) } else { None };
     let mut log = if is_root {
@@ -183,14 +238,35 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
 
     let mut outcome = Outcome::Finished;
     let mut rollbacks = 0;
+    let mut reads = ReadTally::default();
+    // Rank 0's start-up work (evaluator, files) ends here for everyone: the first collective's
+    // deadline does not include it.
+    trainer.comm.barrier()?;
     while trainer.step < cfg.train.iterations {
-        let (critic_stats, g_stats) = trainer.iteration(stop.load(Ordering::SeqCst))?;
+        let reads_before = crate::hostread::count();
+        trainer.iteration()?;
+        // Any rank's signal stops every rank after this same iteration.
+        let stopping = trainer.comm.any(stop.load(Ordering::SeqCst))?;
+        let step = trainer.step;
+        let due = Due::at(step, &cfg, stopping);
+        if !due.sync() {
+            reads.between += crate::hostread::count() - reads_before;
+            if let Some(b) = &bar {
+                b.set_position(step);
+            }
+            continue;
+        }
+        reads.sync_steps += 1;
+        let iterations = IterationStats::group(trainer.sync()?);
         if let Some(m) = &monitor {
-            m.record_iteration(&trainer, &critic_stats, &g_stats);
+            for it in &iterations {
+                m.record_iteration(&trainer, &it.critic, &it.generator);
+            }
         }
         let streak = std::mem::take(&mut trainer.longest_skip_streak);
         if streak >= cfg.train.max_consecutive_skips {
-            // Every rank saw the same skips (the flag is reduced), so all roll back together.
+            // Every rank saw the same skips (the flag is reduced) at the same sync, so all
+            // roll back together.
             rollbacks += 1;
             rollback(&mut trainer, &ckpt_root, &cfg, rollbacks, streak)?;
             if let Some(log) = log.as_mut() {
@@ -200,21 +276,22 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
                 rec.insert("lr_scale".into(), json!(trainer.lr_scale));
                 log.write(&rec)?;
             }
+            reads.at_sync += crate::hostread::count() - reads_before;
             continue;
         }
-        let step = trainer.step;
+        let last = iterations.last().expect("a sync follows at least one iteration");
+        let (critic_stats, g_stats) = (&last.critic, &last.generator);
         let last_d = critic_stats.last().expect("n_critic >= 1");
-        let stopping = g_stats.stop_requested || critic_stats.iter().any(|s| s.stop_requested);
-        // Rank 0 alone evaluates; the others run on and then wait at their next all-reduce.
+        // Rank 0 alone evaluates; the others wait for it at the barrier below.
         let quality = match &evaluator {
-            Some(ev) if step % cfg.eval.every == 0 || step == cfg.train.iterations => Some(evaluate(ev, &trainer, &cfg)?),
+            Some(ev) if due.eval => Some(evaluate(ev, &trainer, &cfg)?),
             _ => None,
         };
-        if step % cfg.train.log_every == 0 || step == cfg.train.iterations || stopping || quality.is_some() {
+        if due.log {
             let elapsed = window_start.0.elapsed().as_secs_f64().max(1e-9);
             let rate = (step - window_start.1) as f64 * images_per_iteration / elapsed;
             window_start = (Instant::now(), step);
-            let mut record = log_record(&trainer, last_d, &g_stats, &critic_stats, rate, run_start.elapsed().as_secs_f64());
+            let mut record = log_record(&trainer, last_d, g_stats, critic_stats, rate, run_start.elapsed().as_secs_f64());
             if let Some(q) = quality {
                 if let Some(m) = &monitor {
                     let get = |k: &str| q.get(k).and_then(Value::as_f64);
@@ -235,12 +312,17 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         if let Some(b) = &bar {
             b.set_position(step);
         }
-        if is_root && (step % cfg.train.sample_every == 0 || step == cfg.train.iterations || stopping) {
+        if is_root && due.samples {
             write_samples(&trainer, &fixed_noise, &opts.run_dir, step)?;
         }
-        if step % cfg.train.checkpoint_every == 0 || step == cfg.train.iterations || stopping {
+        if due.checkpoint {
             save_checkpoint(&trainer, &ckpt_root, &cfg)?;
         }
+        if is_root && due.root_work() && cfg.faults.root_work_delay_seconds > 0.0 {
+            // Stands for slow storage or a long evaluation, after everything the others join.
+            std::thread::sleep(std::time::Duration::from_secs_f64(cfg.faults.root_work_delay_seconds));
+        }
+        reads.at_sync += crate::hostread::count() - reads_before;
         if stopping {
             let sig = which_signal.load(Ordering::SeqCst);
             if is_root {
@@ -248,6 +330,9 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
             }
             outcome = Outcome::Stopped(if sig == 0 { signal_hook::consts::SIGTERM } else { sig });
             break;
+        }
+        if due.root_work() {
+            trainer.comm.barrier()?;
         }
     }
     if let Some(b) = bar {
@@ -262,6 +347,9 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
             secs,
             opts.run_dir.display()
         );
+    }
+    if is_root {
+        eprintln!("{reads}");
     }
     trainer.comm.barrier()?;
     if let Some(m) = monitor {
@@ -457,8 +545,8 @@ fn restore(t: &mut Trainer, l: &checkpoint::Loaded) -> Result<()> {
     t.step = l.meta.step;
     t.critic_step = l.meta.critic_step;
     let get = |k: &str| l.meta.extra.get(k).copied().unwrap_or(0.0) as u64;
-    t.opt_g.steps = get("opt_g_steps");
-    t.opt_d.steps = get("opt_d_steps");
+    t.opt_g.set_steps(get("opt_g_steps"));
+    t.opt_d.set_steps(get("opt_d_steps"));
     t.skipped_updates = get("skipped_updates");
     t.critic_attempts = t.critic_step;
     t.set_lr_scale(l.meta.extra.get("lr_scale").copied().unwrap_or(1.0));

@@ -1,8 +1,9 @@
 //! Wall-clock phases of one update (data, forward, backward, all-reduce, optimizer), timed by
 //! laps of one clock so that the phases add up to the update's duration.
 //!
-//! On a GPU, kernels run asynchronously: time lands in the phase where the host waits for the
-//! device, which is the all-reduce (its host copy) when nothing else synchronises.
+//! On a GPU, kernels run asynchronously and an update does not wait for them (see
+//! `train::step`), so the phases measure the host's time to queue each phase's work; only the
+//! MPI backend's host staging of the all-reduce waits for the device, inside `Allreduce`.
 
 use std::time::Instant;
 

@@ -5,11 +5,22 @@
 //! to the reduced gradient, and state (EMA, averages, spectral-norm vectors) is a function of
 //! rank-identical values, so it stays identical on every rank. Feature matching alone adds a
 //! small reduction of two mean feature vectors before its backward pass (exact global means).
+//!
+//! An update never waits for the device. The skip decision is a 0/1 condition on the device
+//! that selects between the stepped and the old state (parameters, moments, step count,
+//! averages), clipping is a device-side coefficient, and the update's figures (flags, norms,
+//! loss terms) stay on the device in a `Pending` record. `sync`, called by the loop at its
+//! sync steps (logging, samples, checkpoints, evaluation, the end), reads every pending record
+//! in one host read and only then runs the host's decisions in update order: the health
+//! detectors, the skip counts and streaks that trigger a rollback, the step counts. Every
+//! rank reads the same reduced values at the same steps, so they decide alike. Noise and
+//! interpolation weights are drawn on the CPU from keyed streams and queued to the device,
+//! so a run follows the same trajectory on any device.
 
 use crate::checkpoint::TensorMap;
 use crate::config::Config;
 use crate::data::sampler::{derive_seed, DistributedSampler};
-use crate::data::DeviceImages;
+use crate::data::{DeviceImages, DeviceOrder};
 use crate::dist::Collective;
 use crate::config::OptimKind;
 use crate::health::HealthMonitor;
@@ -41,7 +52,7 @@ pub mod purpose {
 /// Checkpoint names of the generator's EMA weights: this prefix + the parameter name.
 pub const EMA_PREFIX: &str = "ema.generator.";
 
-/// What one update did, after the reduction (identical on every rank).
+/// What one update did, after the reduction (identical on every rank), as read at a sync step.
 #[derive(Debug, Clone, Default)]
 pub struct UpdateStats {
     /// Named loss terms and diagnostics, averaged over the global batch.
@@ -49,8 +60,6 @@ pub struct UpdateStats {
     pub clip: Option<ClipReport>,
     /// The update was skipped because some rank saw a non-finite gradient.
     pub skipped: bool,
-    /// Some rank asked to stop (signal); travels in the same reduction.
-    pub stop_requested: bool,
     /// L2 norm of each layer's reduced gradient before clipping (empty when skipped).
     pub layer_norms: Vec<(String, f64)>,
     /// This rank's time in each phase of the update.
@@ -74,16 +83,18 @@ pub struct Trainer {
     pub opt_g: Adam,
     pub opt_d: Adam,
     pub data: DeviceImages,
-    sampler: DistributedSampler,
+    order: DeviceOrder,
+    /// Updates whose figures are still on the device, oldest first (see `sync`).
+    pending: Vec<Pending>,
     /// Generator updates completed.
     pub step: u64,
     /// Critic updates completed; also the number of data batches consumed.
     pub critic_step: u64,
     pub local_batch: i64,
     pub skipped_updates: u64,
-    /// Skipped updates in a row, per network: (critic, generator).
+    /// Skipped updates in a row, per network: (critic, generator), as of the last sync.
     pub consecutive_skips: (u64, u64),
-    /// The longest such run since the loop last looked (it looks once per iteration).
+    /// The longest such run seen by the syncs since the loop last looked (it looks after each).
     pub longest_skip_streak: u64,
     /// Critic updates attempted by this process, including those a rollback undid
     /// (keys fault injection, so that an injected fault does not recur after a rollback).
@@ -116,10 +127,55 @@ impl AllReduceStats {
     }
 }
 
-#[derive(Clone, Copy, PartialEq, Eq)]
-enum Net {
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Net {
     Critic,
     Generator,
+}
+
+/// One update's figures on the device, until the next sync step reads them. `figures` is
+/// [skipped, norm before clipping, norm after, clipped, reduced scalars.., parameter terms..,
+/// per-parameter gradient norms..], float32; everything else is known on the host.
+struct Pending {
+    net: Net,
+    figures: Tensor,
+    scalar_names: Vec<&'static str>,
+    /// Name and weight of each parameter term (L2, historical averaging), in `figures` order.
+    param_terms: Vec<(&'static str, f64)>,
+    phases: PhaseTimes,
+    allreduce_bytes: u64,
+}
+
+/// An update's reduced buffer, in parts (views on the device).
+struct Reduced {
+    grad: Tensor,
+    /// 1.0 when some rank saw a non-finite gradient (the update is skipped), else 0.0; [1].
+    skipped: Tensor,
+    scalars: Tensor,
+    allreduce_bytes: u64,
+}
+
+/// One iteration's updates as read at a sync step.
+pub struct IterationStats {
+    pub critic: Vec<UpdateStats>,
+    pub generator: UpdateStats,
+}
+
+impl IterationStats {
+    /// Groups synced updates into iterations (critic updates, then the generator update that
+    /// ends them). The loop syncs after whole iterations only, so nothing is left over.
+    pub fn group(updates: Vec<(Net, UpdateStats)>) -> Vec<IterationStats> {
+        let mut out = Vec::new();
+        let mut critic = Vec::new();
+        for (net, s) in updates {
+            match net {
+                Net::Critic => critic.push(s),
+                Net::Generator => out.push(IterationStats { critic: std::mem::take(&mut critic), generator: s }),
+            }
+        }
+        debug_assert!(critic.is_empty(), "a sync in the middle of an iteration");
+        out
+    }
 }
 
 impl Net {
@@ -216,7 +272,7 @@ impl Trainer {
             (ema, g)
         });
         let (health_d, health_g) = (HealthMonitor::new(&cfg.health), HealthMonitor::new(&cfg.health));
-        let sampler = DistributedSampler::new(data.n, global, comm.rank(), world, cfg.train.seed);
+        let order = DeviceOrder::new(DistributedSampler::new(data.n, global, comm.rank(), world, cfg.train.seed), device);
         let mut t = Trainer {
             local_batch: (global / world) as i64,
             cfg,
@@ -227,7 +283,8 @@ impl Trainer {
             opt_g,
             opt_d,
             data,
-            sampler,
+            order,
+            pending: Vec::new(),
             step: 0,
             critic_step: 0,
             skipped_updates: 0,
@@ -258,6 +315,9 @@ impl Trainer {
         if self.comm.world_size() == 1 {
             return Ok(());
         }
+        // Rank 0 may come from its own work (a checkpoint to load): meet on the host first, so
+        // that the collective's deadline times the broadcast alone.
+        self.comm.barrier()?;
         // Every checkpointed tensor (parameters, moments, averages, spectral-norm vectors):
         // each is a view of the live state, so broadcasting into it updates that state.
         for (_, t) in self.state_tensors() {
@@ -267,25 +327,28 @@ impl Trainer {
         Ok(())
     }
 
-    /// The rank's slice of a draw made for the whole global batch.
+    /// The rank's slice of a draw made for the whole global batch, on this rank's device.
+    /// `f` draws on the CPU, from libtorch's CPU generator seeded for (purpose, counter): the
+    /// values are those of a CPU run whatever the device (CUDA's generator differs, and even
+    /// between GPU models), and the copy is queued without making the host wait.
     fn draw_global(&self, purpose: u64, counter: u64, f: impl FnOnce(i64) -> Tensor) -> Tensor {
         seed_stream(self.cfg.train.seed, purpose, counter);
         let global = self.cfg.data.batch_size;
-        f(global).narrow(0, self.comm.rank() as i64 * self.local_batch, self.local_batch)
+        let mine = f(global).narrow(0, self.comm.rank() as i64 * self.local_batch, self.local_batch);
+        crate::device::upload(&mine, self.device)
     }
 
     fn noise(&self, purpose: u64, counter: u64) -> Tensor {
-        let (latent, dev) = (self.cfg.model.latent, self.device);
-        self.draw_global(purpose, counter, |g| Tensor::randn([g, latent], (Kind::Float, dev)))
+        let latent = self.cfg.model.latent;
+        self.draw_global(purpose, counter, |g| Tensor::randn([g, latent], (Kind::Float, Device::Cpu)))
     }
 
-    /// One critic update on data batch number `critic_step`.
-    pub fn critic_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
+    /// One critic update on data batch number `critic_step`; its figures wait in `pending`.
+    pub fn critic_update(&mut self) -> Result<()> {
         let mut clock = PhaseClock::start();
         let c = self.critic_step;
         self.critic.power_iterate();
-        let idx = self.sampler.rank_indices(c);
-        let real = self.data.batch(&idx);
+        let real = self.data.batch(&self.order.indices(c));
         let z = self.noise(purpose::CRITIC_NOISE, c);
         clock.lap(Phase::Data);
         let fake = tch::no_grad(|| self.generator.forward(&z));
@@ -301,7 +364,7 @@ impl Trainer {
         terms.diagnostic("wasserstein", objective::wasserstein_estimate(&real_out, &fake_out));
         let weight = regularize::lazy_weight(lc.gp_lambda, lc.penalty_every, c);
         if weight > 0.0 {
-            let eps = || self.draw_global(purpose::INTERPOLATION, c, |g| Tensor::rand([g, 1, 1, 1], (Kind::Float, real.device())));
+            let eps = || self.draw_global(purpose::INTERPOLATION, c, |g| Tensor::rand([g, 1, 1, 1], (Kind::Float, Device::Cpu)));
             if let Some(p) = regularize::penalty(lc.penalty, |x| critic.forward(x), &real, &fake, eps) {
                 terms.add("d_gp", p.value, weight);
                 terms.diagnostic("gp_grad_norm", p.mean_grad_norm);
@@ -328,22 +391,25 @@ impl Trainer {
         if faults.nan_critic_updates.contains(&attempt) && (faults.nan_rank < 0 || faults.nan_rank == rank) {
             let _ = flat.shallow_clone().fill_(f64::NAN);
         }
+        if faults.fail_critic_update == Some(attempt) && (faults.fail_rank < 0 || faults.fail_rank == rank) {
+            bail!("injected fault at critic update {attempt} on rank {rank} (faults.fail_critic_update)");
+        }
         clock.lap(Phase::Backward);
         let (names, scalars) = terms.scalars(&loss);
-        let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
+        let reduced = self.reduce(flat, &scalars)?;
         clock.lap(Phase::Allreduce);
         if let Some(local) = unreduced {
-            let _ = grad.shallow_clone().g_add_(&local);
+            let _ = reduced.grad.shallow_clone().g_add_(&local);
         }
         self.critic_step += 1;
-        self.apply_update(Net::Critic, &grad, &mut stats)?;
+        let pending = self.apply_update(Net::Critic, reduced, names)?;
         clock.lap(Phase::Optimizer);
-        stats.phases = clock.times();
-        Ok(stats)
+        self.pending.push(Pending { phases: clock.times(), ..pending });
+        Ok(())
     }
 
     /// One generator update; its noise is keyed by the generator step.
-    pub fn generator_update(&mut self, stop_requested: bool) -> Result<UpdateStats> {
+    pub fn generator_update(&mut self) -> Result<()> {
         let mut clock = PhaseClock::start();
         self.critic.power_iterate();
         let z = self.noise(purpose::GENERATOR_NOISE, self.step);
@@ -364,21 +430,20 @@ impl Trainer {
         let flat = self.generator.params.flatten_grads(&grads);
         clock.lap(Phase::Backward);
         let (names, scalars) = terms.scalars(&loss);
-        let (grad, mut stats) = self.reduce(flat, &names, &scalars, stop_requested)?;
+        let reduced = self.reduce(flat, &scalars)?;
         clock.lap(Phase::Allreduce);
         self.step += 1;
-        self.apply_update(Net::Generator, &grad, &mut stats)?;
+        let pending = self.apply_update(Net::Generator, reduced, names)?;
         clock.lap(Phase::Optimizer);
-        stats.phases = clock.times();
-        Ok(stats)
+        self.pending.push(Pending { phases: clock.times(), ..pending });
+        Ok(())
     }
 
     /// Feature matching against the real batch of the preceding critic update, exact over the
     /// global batch: the two mean feature vectors are all-reduced first (see
     /// `regularize::feature_matching` for why a per-rank loss would not be).
     fn feature_matching_term(&mut self, fake_features: &Tensor) -> Result<Tensor> {
-        let idx = self.sampler.rank_indices(self.critic_step.saturating_sub(1));
-        let real = self.data.batch(&idx);
+        let real = self.data.batch(&self.order.indices(self.critic_step.saturating_sub(1)));
         let real_mean = tch::no_grad(|| feature_matching::batch_mean(&self.critic.forward_features(&real).0));
         let fake_mean = feature_matching::batch_mean(fake_features);
         let f = real_mean.size()[0];
@@ -393,90 +458,143 @@ impl Trainer {
 
     /// Everything after the reduction, identical on every rank: parameter regularisers (added
     /// to the reduced gradient, since they depend on parameters only), value and norm
-    /// clipping, the optimizer step, weight clipping, running averages, the health detector.
-    fn apply_update(&mut self, net: Net, grad: &Tensor, stats: &mut UpdateStats) -> Result<()> {
+    /// clipping, the optimizer step, weight clipping, running averages; all on the device,
+    /// each state change selected by the update's skip condition. Returns the update's
+    /// figures for `sync`.
+    fn apply_update(&mut self, net: Net, reduced: Reduced, scalar_names: Vec<&'static str>) -> Result<Pending> {
+        let Reduced { grad, skipped, scalars, allreduce_bytes } = reduced;
         let r = &self.cfg.regularize;
-        let (params, opt, hist, health, l2, max_norm, max_value) = match net {
-            Net::Critic => (&self.critic.params.flat, &mut self.opt_d, &mut self.hist_d, &mut self.health_d, r.l2_d, self.cfg.clip.max_norm_d, self.cfg.clip.value_d),
-            Net::Generator => (&self.generator.params.flat, &mut self.opt_g, &mut self.hist_g, &mut self.health_g, r.l2_g, self.cfg.clip.max_norm_g, self.cfg.clip.value_g),
+        let (params, per_param, opt, hist, l2, max_norm, max_value) = match net {
+            Net::Critic => (&self.critic.params.flat, self.critic.params.param_norms(&grad), &mut self.opt_d, &mut self.hist_d, r.l2_d, self.cfg.clip.max_norm_d, self.cfg.clip.value_d),
+            Net::Generator => (&self.generator.params.flat, self.generator.params.param_norms(&grad), &mut self.opt_g, &mut self.hist_g, r.l2_g, self.cfg.clip.max_norm_g, self.cfg.clip.value_g),
         };
-        let (total, l2_name, hist_name) = net.names();
-        if stats.skipped {
-            self.skipped_updates += 1;
-            let streak = match net {
-                Net::Critic => &mut self.consecutive_skips.0,
-                Net::Generator => &mut self.consecutive_skips.1,
-            };
-            *streak += 1;
-            self.longest_skip_streak = self.longest_skip_streak.max(*streak);
-            health.observe(f64::NAN);
-            return Ok(());
-        }
-        match net {
-            Net::Critic => self.consecutive_skips.0 = 0,
-            Net::Generator => self.consecutive_skips.1 = 0,
-        }
-        stats.layer_norms = match net {
-            Net::Critic => self.critic.params.layer_norms(grad)?,
-            Net::Generator => self.generator.params.layer_norms(grad)?,
-        };
-        // Logged unweighted, like every other term; the total gets weight * value.
-        let mut extra = 0.0;
+        let (_, l2_name, hist_name) = net.names();
+        let apply = skipped.eq(0.0).view([]);
+        // Logged unweighted, like every other term; `sync` adds weight * value to the total.
+        let mut param_terms = Vec::new();
+        let mut figures = vec![skipped.shallow_clone()];
+        let mut term_values = Vec::new();
         if l2 > 0.0 {
-            let v = regularize::l2::apply(grad, params, l2);
-            stats.scalars.push((l2_name, v));
-            extra += l2 * v;
+            term_values.push(regularize::l2::apply(&grad, params, l2));
+            param_terms.push((l2_name, l2));
         }
         if let Some(h) = hist.as_ref() {
-            let v = h.apply(grad, params);
-            stats.scalars.push((hist_name, v));
-            extra += h.lambda * v;
+            term_values.push(h.apply(&grad, params));
+            param_terms.push((hist_name, h.lambda));
         }
-        if let Some(t) = stats.scalars.iter_mut().find(|(n, _)| *n == total) {
-            t.1 += extra;
-        }
-        let raw_norm = if max_value > 0.0 { Some(grad.norm().double_value(&[])) } else { None };
-        clip_value(grad, max_value);
-        let mut clip = clip_global_norm(grad, max_norm);
-        if let Some(n) = raw_norm {
-            clip.norm_before = n;
-            clip.clipped |= n != clip.norm_after;
-        }
-        opt.step(params, grad);
-        health.observe(clip.norm_before);
+        let raw_norm = (max_value > 0.0).then(|| grad.norm());
+        clip_value(&grad, max_value);
+        let clip = clip_global_norm(&grad, max_norm);
+        let (norm_before, clipped) = match raw_norm {
+            // Value clipping counts as clipping when it changed the norm.
+            Some(raw) => {
+                let changed = raw.ne_tensor(&clip.norm_after).to_kind(Kind::Float);
+                (raw, clip.clipped.maximum(&changed))
+            }
+            None => (clip.norm_before, clip.clipped),
+        };
+        opt.step(params, &grad, &apply);
         if net == Net::Critic && r.weight_clip > 0.0 {
-            weight_clip::clamp(params, r.weight_clip);
+            weight_clip::clamp(params, r.weight_clip, &apply);
         }
         // The averages see the parameters as the step (and any clamp) left them.
         if let Some(h) = hist.as_mut() {
-            h.record(params);
+            h.record(params, &apply);
         }
         if net == Net::Generator {
             if let Some((ema, _)) = self.ema.as_mut() {
-                ema.update(&self.generator.params.flat);
+                ema.update(&self.generator.params.flat, &apply);
             }
         }
-        stats.clip = Some(clip);
-        Ok(())
+        figures.extend([norm_before.view([1]), clip.norm_after.view([1]), clipped.view([1]), scalars]);
+        figures.extend(term_values.iter().map(|v| v.to_kind(Kind::Float).view([1])));
+        figures.push(per_param);
+        // One small copy: the pending record keeps no view of the large reduced buffer alive.
+        let figures = Tensor::cat(&figures, 0);
+        Ok(Pending { net, figures, scalar_names, param_terms, phases: PhaseTimes::default(), allreduce_bytes })
     }
 
-    /// n_critic critic updates then one generator update.
-    pub fn iteration(&mut self, stop_requested: bool) -> Result<(Vec<UpdateStats>, UpdateStats)> {
-        let mut critic_stats = Vec::with_capacity(self.cfg.train.n_critic as usize);
+    /// n_critic critic updates then one generator update, none of which waits for the device.
+    pub fn iteration(&mut self) -> Result<()> {
         for _ in 0..self.cfg.train.n_critic {
-            critic_stats.push(self.critic_update(stop_requested)?);
+            self.critic_update()?;
         }
-        let g = self.generator_update(stop_requested)?;
-        Ok((critic_stats, g))
+        self.generator_update()
     }
 
-    /// The one all-reduce of an update: [gradient | non-finite flag | stop flag | scalars],
-    /// summed over ranks and divided by the world size.
-    fn reduce(&mut self, grad: Tensor, names: &[&'static str], scalars: &[Tensor], stop: bool) -> Result<(Tensor, UpdateStats)> {
+    /// Reads the figures of every update since the last sync (one host read, which waits for
+    /// the device), then makes the host's decisions in update order: health detectors, skip
+    /// counts, the longest streak of skips, step counts. Returns the updates' stats in order
+    /// (`IterationStats::group` groups them). Every rank calls it at the same steps.
+    pub fn sync(&mut self) -> Result<Vec<(Net, UpdateStats)>> {
+        let pending = std::mem::take(&mut self.pending);
+        if pending.is_empty() {
+            self.comm.check()?;
+            return Ok(Vec::new());
+        }
+        let all = Tensor::cat(&pending.iter().map(|p| p.figures.shallow_clone()).collect::<Vec<_>>(), 0);
+        let values = crate::hostread::vec_f32(&all)?;
+        // A collective that failed asynchronously fails the sync that follows it.
+        self.comm.check()?;
+        let mut at = 0;
+        let mut out = Vec::with_capacity(pending.len());
+        for p in pending {
+            let v = &values[at..at + p.figures.numel()];
+            at += p.figures.numel();
+            let stats = self.observe(&p, v);
+            out.push((p.net, stats));
+        }
+        Ok(out)
+    }
+
+    /// The host's side of one update read at a sync.
+    fn observe(&mut self, p: &Pending, v: &[f32]) -> UpdateStats {
+        let skipped = v[0] > 0.0;
+        let (s, t) = (p.scalar_names.len(), p.param_terms.len());
+        let mut scalars: Vec<(&'static str, f64)> = p.scalar_names.iter().zip(&v[4..4 + s]).map(|(n, x)| (*n, *x as f64)).collect();
+        let (params, health, streak) = match p.net {
+            Net::Critic => (&self.critic.params, &mut self.health_d, &mut self.consecutive_skips.0),
+            Net::Generator => (&self.generator.params, &mut self.health_g, &mut self.consecutive_skips.1),
+        };
+        let mut stats = UpdateStats { phases: p.phases, allreduce_bytes: p.allreduce_bytes, skipped, ..UpdateStats::default() };
+        if skipped {
+            self.skipped_updates += 1;
+            *streak += 1;
+            self.longest_skip_streak = self.longest_skip_streak.max(*streak);
+            health.observe(f64::NAN);
+            stats.scalars = scalars;
+            return stats;
+        }
+        *streak = 0;
+        let opt = match p.net {
+            Net::Critic => &mut self.opt_d,
+            Net::Generator => &mut self.opt_g,
+        };
+        opt.steps += 1;
+        let mut extra = 0.0;
+        for ((name, weight), x) in p.param_terms.iter().zip(&v[4 + s..4 + s + t]) {
+            scalars.push((name, *x as f64));
+            extra += weight * *x as f64;
+        }
+        let total = p.net.names().0;
+        if let Some(tot) = scalars.iter_mut().find(|(n, _)| *n == total) {
+            tot.1 += extra;
+        }
+        let clip = ClipReport { norm_before: v[1] as f64, norm_after: v[2] as f64, clipped: v[3] > 0.0 };
+        health.observe(clip.norm_before);
+        stats.layer_norms = params.group_layers(&v[4 + s + t..]);
+        stats.scalars = scalars;
+        stats.clip = Some(clip);
+        stats
+    }
+
+    /// The one all-reduce of an update: [gradient | non-finite flag | scalars], summed over
+    /// ranks and divided by the world size. It may return before the sum is done (NCCL):
+    /// everything that uses its parts is queued after it.
+    fn reduce(&mut self, grad: Tensor, scalars: &[Tensor]) -> Result<Reduced> {
         let n = grad.numel() as i64;
         let nonfinite = grad.isfinite().logical_not().any().to_kind(Kind::Float).view([1]);
-        let stop_flag = Tensor::from_slice(&[stop as i32 as f32]).to_device(self.device);
-        let mut parts = vec![grad.nan_to_num(0.0, 0.0, 0.0), nonfinite, stop_flag];
+        let mut parts = vec![grad.nan_to_num(0.0, 0.0, 0.0), nonfinite];
         parts.extend(scalars.iter().map(|s| s.to_kind(Kind::Float).view([1])));
         let mut buf = Tensor::cat(&parts, 0);
         let world = self.comm.world_size();
@@ -488,22 +606,18 @@ impl Trainer {
             let _ = buf.g_div_scalar_(world as f64);
             self.allreduce.record(started.elapsed().as_secs_f64(), allreduce_bytes);
         }
-        let tail: Vec<f32> = Vec::try_from(&buf.narrow(0, n, 2 + scalars.len() as i64).to_device(Device::Cpu))?;
-        let stats = UpdateStats {
-            scalars: names.iter().zip(&tail[2..]).map(|(n, v)| (*n, *v as f64)).collect(),
-            clip: None,
-            skipped: tail[0] > 0.0,
-            stop_requested: tail[1] > 0.0,
+        Ok(Reduced {
+            grad: buf.narrow(0, 0, n),
+            skipped: buf.narrow(0, n, 1).gt(0.0).to_kind(Kind::Float),
+            scalars: buf.narrow(0, n + 1, scalars.len() as i64),
             allreduce_bytes,
-            ..UpdateStats::default()
-        };
-        Ok((buf.narrow(0, 0, n), stats))
+        })
     }
 
     /// Fixed noise for sample grids: the same on every device and every resumption.
     pub fn fixed_noise(&self, n: i64) -> Tensor {
         seed_stream(self.cfg.train.seed, purpose::FIXED_NOISE, 0);
-        Tensor::randn([n, self.cfg.model.latent], (Kind::Float, Device::Cpu)).to_device(self.device)
+        crate::device::upload(&Tensor::randn([n, self.cfg.model.latent], (Kind::Float, Device::Cpu)), self.device)
     }
 
     /// Generated images for `z`, as bytes 0..255 (from the EMA weights when EMA is on and
@@ -557,7 +671,7 @@ impl Trainer {
         let mut map = TensorMap::new();
         for (name, t) in self.state_tensors() {
             let shape = t.size().iter().map(|&d| d as usize).collect();
-            let data: Vec<f32> = Vec::try_from(&t.to_device(Device::Cpu).contiguous().flatten(0, -1))?;
+            let data = crate::hostread::vec_f32(&t)?;
             map.insert(name, (shape, data));
         }
         Ok(map)
@@ -568,7 +682,7 @@ impl Trainer {
             for (name, t) in self.state_tensors() {
                 let (shape, data) = map.get(&name).ok_or_else(|| anyhow::anyhow!("state has no tensor {name}"))?;
                 let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-                let src = Tensor::from_slice(data).view(shape.as_slice()).to_device(self.device);
+                let src = crate::device::upload(&Tensor::from_slice(data).view(shape.as_slice()), self.device);
                 let mut dst = t;
                 dst.copy_(&src);
             }
@@ -581,7 +695,7 @@ impl Trainer {
         use sha2::{Digest, Sha256};
         let mut h = Sha256::new();
         for flat in [&self.generator.params.flat, &self.critic.params.flat] {
-            let v: Vec<f32> = Vec::try_from(&flat.to_device(Device::Cpu))?;
+            let v = crate::hostread::vec_f32(flat)?;
             for x in v {
                 h.update(x.to_le_bytes());
             }
@@ -615,7 +729,7 @@ mod tests {
     }
 
     fn values(t: &Tensor) -> Vec<f64> {
-        Vec::<f32>::try_from(&t.to_kind(Kind::Float)).unwrap().into_iter().map(f64::from).collect()
+        crate::hostread::vec_f32(&t.to_kind(Kind::Float)).unwrap().into_iter().map(f64::from).collect()
     }
 
     /// Through the trainer: the EMA after k generator updates equals the closed form over the
@@ -627,8 +741,8 @@ mod tests {
         let beta = 0.5f64.powf(0.5);
         let mut seq = vec![values(&t.generator.params.flat)];
         for _ in 0..4 {
-            let (cs, g) = t.iteration(false).unwrap();
-            assert!(!g.skipped && cs.iter().all(|s| !s.skipped));
+            t.iteration().unwrap();
+            assert!(t.sync().unwrap().iter().all(|(_, s)| !s.skipped));
             seq.push(values(&t.generator.params.flat));
             let max = t.critic.params.flat.abs().max().double_value(&[]);
             assert!(max <= 0.02 + 1e-7, "critic parameter {max} outside the clip range");
@@ -661,12 +775,14 @@ mod tests {
         let mut t = trainer(&["regularize.l2_d=0.5", "loss.penalty_every=2"]);
         let theta = t.critic.params.flat.detach().copy();
         let sq = theta.square().sum(Kind::Float).double_value(&[]);
-        let s0 = t.critic_update(false).unwrap();
+        t.critic_update().unwrap();
+        let s0 = t.sync().unwrap().pop().unwrap().1;
         assert!((s0.get("d_l2").unwrap() - sq).abs() < 1e-4 * sq);
         // Lazy weight 2 x gp_lambda 10 on even critic steps; L2 weight 0.5.
         let total = s0.get("d_adv").unwrap() + 20.0 * s0.get("d_gp").unwrap() + 0.5 * sq;
         assert!((s0.get("d_loss").unwrap() - total).abs() < 1e-4 * total.abs().max(1.0), "{s0:?}");
-        let s1 = t.critic_update(false).unwrap();
+        t.critic_update().unwrap();
+        let s1 = t.sync().unwrap().pop().unwrap().1;
         assert!(s1.get("d_gp").is_none() && s1.get("d_adv").is_some());
     }
 
@@ -678,8 +794,8 @@ mod tests {
         let mut plain = trainer(&base);
         let mut reg = trainer(&[base[0], base[1], "regularize.l2_d=0.25", "regularize.hist_avg_d=3.0"]);
         let theta = plain.critic.params.flat.detach().copy();
-        plain.critic_update(false).unwrap();
-        reg.critic_update(false).unwrap();
+        plain.critic_update().unwrap();
+        reg.critic_update().unwrap();
         // Historical averaging adds 2 * 3 (theta - mean) = 0 on the first step (mean = theta).
         let diff = &reg.critic.params.flat - &plain.critic.params.flat;
         let want = &theta * -0.5;
@@ -687,14 +803,102 @@ mod tests {
         // On the second step the history term is 2 * 3 (theta_1 - (theta_0 + theta_1) / 2).
         let mut reg2 = trainer(&[base[0], base[1], "regularize.hist_avg_d=3.0"]);
         let mut plain2 = trainer(&base);
-        reg2.critic_update(false).unwrap();
-        plain2.critic_update(false).unwrap();
+        reg2.critic_update().unwrap();
+        plain2.critic_update().unwrap();
         let t1 = reg2.critic.params.flat.detach().copy();
         plain2.critic.params.load_flat(&t1);
-        reg2.critic_update(false).unwrap();
-        plain2.critic_update(false).unwrap();
+        reg2.critic_update().unwrap();
+        plain2.critic_update().unwrap();
         let diff = &reg2.critic.params.flat - &plain2.critic.params.flat;
         let want = (&t1 - (&theta + &t1) / 2.0) * -6.0;
         assert!((diff - want).abs().max().double_value(&[]) < 1e-5);
+    }
+
+    /// Every technique at once, between sync steps: no update reads anything from the device
+    /// (the count covers every read in the crate, see `hostread`), and the sync that follows
+    /// reads once and reports every update.
+    #[test]
+    fn updates_between_sync_steps_read_nothing_from_the_device() {
+        let mut t = trainer(&[
+            "clip.max_norm_d=0.5",
+            "clip.max_norm_g=1e-3",
+            "clip.value_d=0.05",
+            "clip.value_g=0.05",
+            "regularize.l2_d=1e-3",
+            "regularize.l2_g=1e-3",
+            "regularize.hist_avg_d=1e-3",
+            "regularize.hist_avg_g=1e-3",
+            "regularize.weight_clip=0.5",
+            "ema.half_life_steps=3",
+            "model.spectral_norm=true",
+            "loss.feature_matching=0.5",
+            "loss.penalty_every=2",
+            "faults.nan_critic_updates=[3]",
+        ]);
+        let before = crate::hostread::count();
+        for _ in 0..5 {
+            t.iteration().unwrap();
+        }
+        assert_eq!(crate::hostread::count(), before, "an update between sync steps read from the device");
+        let synced = t.sync().unwrap();
+        assert_eq!(crate::hostread::count(), before + 1, "a sync is one read");
+        assert_eq!(synced.len(), 5 * 3);
+        let iterations = IterationStats::group(synced);
+        assert_eq!(iterations.len(), 5);
+        // Critic attempt 3 (iteration 1, second critic update) was skipped, nothing else.
+        assert!(iterations[1].critic[1].skipped);
+        assert_eq!(t.skipped_updates, 1);
+        assert_eq!((t.opt_d.steps, t.opt_g.steps), (9, 5));
+        let g = &iterations[4].generator;
+        let clip = g.clip.unwrap();
+        assert!(clip.clipped && clip.norm_after <= 1e-3 * (1.0 + 1e-5), "{clip:?}");
+        assert!(g.get("g_l2").is_some() && g.get("g_hist_avg").is_some() && g.get("g_fm").is_some(), "{g:?}");
+        assert_eq!(g.layer_norms.len(), 4);
+        // Nothing is pending after a sync.
+        assert!(t.sync().unwrap().is_empty());
+    }
+
+    /// Without parameter terms or value clipping, the layer norms and the global norm come
+    /// from the same reduced gradient by different device computations: the root sum of
+    /// squares of the one must equal the other (float32 sums: 1e-5 relative).
+    #[test]
+    fn synced_norms_agree_with_each_other() {
+        let mut t = trainer(&["clip.max_norm_d=0.1"]);
+        t.iteration().unwrap();
+        t.iteration().unwrap();
+        for (net, s) in t.sync().unwrap() {
+            let c = s.clip.unwrap();
+            let rss = s.layer_norms.iter().map(|(_, v)| v * v).sum::<f64>().sqrt();
+            assert!((rss - c.norm_before).abs() <= 1e-5 * c.norm_before, "{net:?}: {rss} vs {}", c.norm_before);
+            if net == Net::Critic {
+                assert_eq!(c.clipped, c.norm_before > 0.1, "{c:?}");
+                let want = if c.clipped { c.norm_before * 0.1 / (c.norm_before + 1e-6) } else { c.norm_before };
+                assert!((c.norm_after - want).abs() <= 1e-6 * want, "{c:?}");
+            }
+        }
+    }
+
+    /// A skipped update (a NaN injected into the local gradient) leaves every piece of state
+    /// exactly as it was: parameters, Adam's moments, averages, EMA weights; the step count
+    /// moves only for the updates taken.
+    #[test]
+    fn a_skipped_update_leaves_the_state_exactly_unchanged() {
+        let mut t = trainer(&["faults.nan_critic_updates=[2]", "regularize.hist_avg_d=1e-3", "regularize.weight_clip=0.5", "ema.half_life_steps=3"]);
+        let bits = |t: &Trainer| -> Vec<(String, Vec<u32>)> {
+            t.state_tensors().into_iter().map(|(k, v)| (k, values(&v).iter().map(|x| (*x as f32).to_bits()).collect())).collect()
+        };
+        t.critic_update().unwrap();
+        t.critic_update().unwrap();
+        let before = bits(&t);
+        t.critic_update().unwrap();
+        assert_eq!(bits(&t), before, "the skipped critic update changed state");
+        t.generator_update().unwrap();
+        let after = bits(&t);
+        assert!(after.iter().zip(&before).any(|(a, b)| a.0.starts_with("generator.") && a != b), "the next update must move");
+        let synced = t.sync().unwrap();
+        assert_eq!(synced.iter().map(|(_, s)| s.skipped).collect::<Vec<_>>(), vec![false, false, true, false]);
+        assert!(synced[2].1.clip.is_none() && synced[2].1.layer_norms.is_empty());
+        assert_eq!((t.opt_d.steps, t.opt_g.steps, t.skipped_updates, t.consecutive_skips), (2, 1, 1, (1, 0)));
+        assert_eq!(t.health_d.counts().non_finite, 1);
     }
 }
