@@ -68,13 +68,14 @@ clang's stddef.h (bindgen)|clang_headers|libclang-common-$cv-dev
 slurmctld|has slurmctld|slurmctld
 slurmd|has slurmd|slurmd
 sbatch, srun, scontrol (Slurm client)|has sbatch|slurm-client
-munged|has munged|munge
+munged and mungekey|has munged && has mungekey|munge
 prometheus|has prometheus|prometheus
 promtool|has promtool|prometheus
 npm (dashboard type check)|has npm|npm
 jq|has jq|jq
 curl|has curl|curl
 ip and tc (multi-node tests)|has ip && has tc|iproute2
+nsenter, unshare, setpriv (multi-node tests)|has nsenter && has unshare && has setpriv|util-linux
 python3 venv and ensurepip (torch venv)|python_venv|python3-venv
 EOF
 }
