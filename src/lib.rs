@@ -5,7 +5,8 @@
 //! clipping), `health` (gradient-health detector), `ablation` (`gandist ablate`),
 //! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`,
 //! `metrics` (Prometheus registry and exporter), `plot` (PNG curves of the scalar log),
-//! `eval` (sample quality: classifier FID, coverage).
+//! `eval` (sample quality: classifier FID, coverage), `logging` (timestamped, levelled log
+//! lines with the rank).
 
 pub mod ablation;
 pub mod bench;
@@ -17,6 +18,7 @@ pub mod dist;
 pub mod eval;
 pub mod fsutil;
 pub mod health;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod objective;

@@ -210,10 +210,11 @@ fn main() -> ExitCode {
     // SIGXFSZ killing the process mid-checkpoint.
     let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let cli = Cli::parse();
+    gandist::logging::init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
@@ -349,7 +350,7 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
         SampleFormat::Idx => gandist::samples::write_idx_channels(out, &bytes, n, ch, side)?,
     }
     let which = if ck.ema { " (EMA weights)" } else { "" };
-    eprintln!("wrote {n} samples from {}{which} (step {}) to {}", ck.dir.display(), ck.meta.step, out.display());
+    tracing::info!("wrote {n} samples from {}{which} (step {}) to {}", ck.dir.display(), ck.meta.step, out.display());
     Ok(())
 }
 

@@ -79,7 +79,7 @@ fn stop_flag(grace: std::time::Duration) -> Result<(Arc<AtomicBool>, Arc<AtomicI
         }
         std::thread::sleep(grace);
         let sig = w.load(Ordering::SeqCst);
-        eprintln!("error: still running {grace:?} after signal {sig} (train.stop_grace_seconds): exiting without a final checkpoint");
+        tracing::error!("still running {grace:?} after signal {sig} (train.stop_grace_seconds): exiting without a final checkpoint");
         std::process::exit(128 + sig);
     });
     Ok((flag, which))
@@ -105,7 +105,7 @@ pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     if let Err(e) = &result {
         if comm.world_size() > 1 {
             // A rank that fails alone would leave the others waiting in a collective.
-            eprintln!("rank {}: error: {e:#}", comm.rank());
+            tracing::error!("{e:#}");
             comm.abort(1);
         }
     }
@@ -156,10 +156,10 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
                 trainer.health_g.restore(h);
             }
             if is_root {
-                eprintln!("resumed from {} at step {}", l.dir.display(), l.meta.step);
+                tracing::info!("resumed from {} at step {}", l.dir.display(), l.meta.step);
             }
         } else if is_root {
-            eprintln!("no checkpoint in {}: starting from scratch", ckpt_root.display());
+            tracing::info!("no checkpoint in {}: starting from scratch", ckpt_root.display());
         }
     }
     trainer.broadcast_state()?;
@@ -174,8 +174,7 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
     };
     let (stop, which_signal) = stop_flag(std::time::Duration::from_secs_f64(cfg.train.stop_grace_seconds))?;
     let fixed_noise = trainer.fixed_noise(64);
-    let interactive = std::io::stderr().is_terminal() && is_root;
-    let bar = progress_bar(interactive, cfg.train.iterations, trainer.step);
+    let progress = is_root.then(|| Progress::new(std::io::stderr().is_terminal(), cfg.train.iterations, trainer.step));
     let images_per_iteration = (cfg.data.batch_size as u64 * cfg.train.n_critic) as f64;
     let mut window_start = (Instant::now(), trainer.step);
     let run_start = Instant::now();
@@ -203,6 +202,9 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
             continue;
         }
         let step = trainer.step;
+        if let Some(p) = &progress {
+            p.bar.set_position(step);
+        }
         let last_d = critic_stats.last().expect("n_critic >= 1");
         let stopping = g_stats.stop_requested || critic_stats.iter().any(|s| s.stop_requested);
         // Rank 0 alone evaluates; the others run on and then wait at their next all-reduce.
@@ -225,15 +227,9 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
             if let Some(log) = log.as_mut() {
                 log.write(&record)?;
             }
-            let line = progress_line(&record);
-            match &bar {
-                Some(b) => b.set_message(line),
-                None if is_root => eprintln!("step {step}/{} {line}", cfg.train.iterations),
-                None => {}
+            if let Some(p) = &progress {
+                p.report(progress_line(&record));
             }
-        }
-        if let Some(b) = &bar {
-            b.set_position(step);
         }
         if is_root && (step % cfg.train.sample_every == 0 || step == cfg.train.iterations || stopping) {
             write_samples(&trainer, &fixed_noise, &opts.run_dir, step)?;
@@ -244,18 +240,18 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         if stopping {
             let sig = which_signal.load(Ordering::SeqCst);
             if is_root {
-                eprintln!("stop requested (signal {sig} on some rank): checkpoint written at step {step}");
+                tracing::info!("stop requested (signal {sig} on some rank): checkpoint written at step {step}");
             }
             outcome = Outcome::Stopped(if sig == 0 { signal_hook::consts::SIGTERM } else { sig });
             break;
         }
     }
-    if let Some(b) = bar {
-        b.finish();
+    if let Some(p) = progress {
+        p.finish();
     }
     if is_root && outcome == Outcome::Finished {
         let secs = run_start.elapsed().as_secs_f64();
-        eprintln!(
+        tracing::info!(
             "finished {} iterations ({} this run) in {:.1} s; run directory {}",
             trainer.step,
             trainer.step - start_step,
@@ -270,8 +266,8 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
     if is_root {
         // The curves without any server; a failure here must not fail a finished run.
         match crate::plot::write_run_plots(&opts.run_dir) {
-            Ok(files) => eprintln!("plots: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")),
-            Err(e) => eprintln!("warning: cannot write plots: {e:#}"),
+            Ok(files) => tracing::info!("plots: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")),
+            Err(e) => tracing::warn!("cannot write plots: {e:#}"),
         }
     }
     Ok(outcome)
@@ -295,17 +291,56 @@ fn evaluate(ev: &crate::eval::Evaluator, t: &Trainer, cfg: &Config) -> Result<Ma
     Ok(m)
 }
 
-fn progress_bar(interactive: bool, total: u64, pos: u64) -> Option<indicatif::ProgressBar> {
-    if !interactive {
-        return None;
+/// Rank 0's progress: a bar on a terminal; elsewhere (a file, `sbatch` output) a log line per
+/// logged step. indicatif keeps the elapsed time and the estimate of the time left for both.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    interactive: bool,
+}
+
+impl Progress {
+    fn new(interactive: bool, total: u64, start: u64) -> Progress {
+        let bar = match interactive {
+            true => indicatif::ProgressBar::new(total),
+            false => indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::hidden()),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{pos}/{len} {bar:25} {elapsed_precise} ETA {eta_precise} {msg}")
+                .expect("static template"),
+        );
+        bar.set_position(start);
+        // A resumed run starts at its checkpoint's step: that jump is not this run's speed.
+        bar.reset_eta();
+        Progress { bar, interactive }
     }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{pos}/{len} {bar:25} {elapsed_precise} ETA {eta_precise} {msg}")
-            .expect("static template"),
-    );
-    bar.set_position(pos);
-    Some(bar)
+
+    fn report(&self, line: String) {
+        if self.interactive {
+            self.bar.set_message(line);
+        } else {
+            let (pos, len) = (self.bar.position(), self.bar.length().unwrap_or(0));
+            tracing::info!("{} {line}", progress_prefix(pos, len, self.bar.elapsed(), self.bar.eta()));
+        }
+    }
+
+    fn finish(self) {
+        if self.interactive {
+            self.bar.finish();
+        }
+    }
+}
+
+/// `step 120/2000 (6.0%) elapsed 0:01:05 ETA 0:17:02`: what a batch log needs to tell how far
+/// a run is and when it will end.
+fn progress_prefix(step: u64, total: u64, elapsed: std::time::Duration, eta: std::time::Duration) -> String {
+    let pct = if total == 0 { 100.0 } else { 100.0 * step as f64 / total as f64 };
+    format!("step {step}/{total} ({pct:.1}%) elapsed {} ETA {}", clock(elapsed), clock(eta))
+}
+
+/// `h:mm:ss`, hours unbounded.
+fn clock(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 fn log_record(t: &Trainer, d: &UpdateStats, g: &UpdateStats, all_d: &[UpdateStats], rate: f64, elapsed: f64) -> Map<String, Value> {
@@ -386,7 +421,7 @@ fn save_checkpoint(t: &Trainer, root: &Path, cfg: &Config) -> Result<()> {
     let state = t.export_state()?;
     if let Some((name, _)) = state.iter().find(|(_, (_, v))| v.iter().any(|x| !x.is_finite())) {
         // Never persist a poisoned state; the previous checkpoint stays the newest.
-        eprintln!("warning: not writing the checkpoint at step {}: tensor {name} holds non-finite values", t.step);
+        tracing::warn!("not writing the checkpoint at step {}: tensor {name} holds non-finite values", t.step);
         return Ok(());
     }
     let mut extra = std::collections::BTreeMap::new();
@@ -435,7 +470,7 @@ fn rollback(t: &mut Trainer, root: &Path, cfg: &Config, n: u32, streak: u64) -> 
     t.set_lr_scale(scale);
     t.consecutive_skips = (0, 0);
     if t.comm.rank() == 0 {
-        eprintln!(
+        tracing::warn!(
             "rolled back to step {} after {streak} consecutive non-finite updates; learning rates now x{scale}",
             l.meta.step
         );

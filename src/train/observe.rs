@@ -83,7 +83,7 @@ impl Monitor {
             let path = run_dir.join(targets::FILE_NAME);
             let run = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
             targets::write(&path, &all, &run)?;
-            eprintln!("metrics: ranks serve {}; Prometheus targets in {}", list(&all), path.display());
+            tracing::info!("metrics: ranks serve {}; Prometheus targets in {}", list(&all), path.display());
             Some(path)
         } else {
             None
