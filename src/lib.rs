@@ -5,13 +5,14 @@
 //! clipping), `health` (gradient-health detector), `ablation` (`gandist ablate`),
 //! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`,
 //! `metrics` (Prometheus registry and exporter), `plot` (PNG curves of the scalar log),
-//! `eval` (sample quality: classifier FID, coverage), `logging` (timestamped, levelled log
-//! lines with the rank).
+//! `eval` (sample quality: classifier FID, coverage), `cpus` (the affinity mask and threads per
+//! rank), `logging` (timestamped, levelled log lines with the rank).
 
 pub mod ablation;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod cpus;
 pub mod data;
 pub mod device;
 pub mod dist;

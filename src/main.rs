@@ -321,9 +321,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             };
             let (comm, dev) = gandist::dist::init(&cfg.dist, &cfg.train.device)?;
             let comm: std::rc::Rc<dyn gandist::dist::Collective> = std::rc::Rc::from(comm);
-            if dev == tch::Device::Cpu && cfg.train.threads > 0 {
-                tch::set_num_threads(cfg.train.threads);
-            }
+            gandist::logging::set_rank(comm.rank());
+            gandist::train::set_threads(&cfg, comm.as_ref())?;
             let backend = comm.backend_name();
             let is_root = comm.rank() == 0;
             let r = gandist::bench::run(cfg, comm, dev, warmup, iters)?;

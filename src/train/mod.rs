@@ -43,17 +43,30 @@ pub enum Outcome {
     Stopped(i32),
 }
 
-/// CPU threads per rank: the configured number, else the cores shared among this node's ranks.
-fn threads_per_rank(cfg: &Config) -> i32 {
+/// libtorch's CPU threads for this rank: `train.threads` when set, else the cores of this
+/// process's affinity mask divided among the ranks on this node that have the same mask (all
+/// of them when nothing binds, one when the launcher gave each rank cores of its own). Also on
+/// GPU runs, where the CPU still draws noise and stages data: libtorch's default (every core
+/// of the node, in every rank) would oversubscribe the node. A collective when the count is
+/// not configured. Returns the count and how it was chosen, for the log.
+pub fn threads_per_rank(cfg: &Config, comm: &dyn Collective) -> Result<(i32, String)> {
     if cfg.train.threads > 0 {
-        return cfg.train.threads;
+        return Ok((cfg.train.threads, "train.threads".into()));
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let local_ranks: usize = ["OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .unwrap_or(1);
-    (cores / local_ranks.max(1)).max(1) as i32
+    let cpus = crate::cpus::allowed()?;
+    let key = crate::cpus::share_key(&cpus);
+    let sharing = comm.all_gather_u64(key)?.iter().filter(|&&k| k == key).count();
+    let n = crate::cpus::threads_for(cpus.len(), sharing);
+    let how = format!("affinity mask of {} CPU(s), shared by {sharing} rank(s) on this node", cpus.len());
+    Ok((n as i32, how))
+}
+
+/// Sets libtorch's thread count for this rank (see `threads_per_rank`) and logs it.
+pub fn set_threads(cfg: &Config, comm: &dyn Collective) -> Result<()> {
+    let (n, how) = threads_per_rank(cfg, comm)?;
+    tch::set_num_threads(n);
+    tracing::info!("libtorch CPU threads: {n} ({how})");
+    Ok(())
 }
 
 /// Installs SIGTERM/SIGINT handlers that only set a flag; the loop acts on it at a safe point.
@@ -115,9 +128,8 @@ pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
 fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: Device) -> Result<Outcome> {
     let rank = comm.rank();
     let is_root = rank == 0;
-    if device == Device::Cpu {
-        tch::set_num_threads(threads_per_rank(&cfg));
-    }
+    crate::logging::set_rank(rank);
+    set_threads(&cfg, comm.as_ref())?;
     let ckpt_root = opts.run_dir.join("checkpoints");
     if is_root {
         prepare_run_dir(&opts.run_dir)?;
