@@ -19,13 +19,14 @@ struct Cli {
 enum Command {
     /// Train a GAN (run under mpirun or srun for data-parallel training).
     Train {
+        /// The TOML configuration (configs/ has the paper's, a quick CPU one and ablations).
         #[arg(long)]
         config: PathBuf,
         /// Override a config value, e.g. --set optim.lr_d=2e-4 (repeatable).
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
-        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Run directory (default: runs/<config file name>).
         #[arg(long)]
@@ -39,12 +40,16 @@ enum Command {
         /// A checkpoint directory, or a run directory (its newest checkpoint).
         #[arg(long)]
         checkpoint: PathBuf,
+        /// Number of samples.
         #[arg(long, default_value_t = 64)]
         n: usize,
+        /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// A PNG grid, or an IDX file of the images (n, 28, 28) for `eval --samples`.
         #[arg(long, value_enum, default_value_t = SampleFormat::Png)]
         format: SampleFormat,
+        /// Seed of the generator's noise.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Which generator weights: the EMA ones when the checkpoint has them (auto), or not.
@@ -61,7 +66,8 @@ enum Command {
         /// The markdown report; plots go to a folder named after it (docs/ablation/).
         #[arg(long, default_value = "docs/ablation.md")]
         out: PathBuf,
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Override a value in every configuration (repeatable).
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
@@ -96,8 +102,8 @@ enum Command {
         /// Seed of the generator's noise.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Classifier file (default: <MNIST folder>/classifier.safetensors).
         #[arg(long)]
@@ -118,17 +124,22 @@ enum Command {
     },
     /// Images/s of the training iteration on synthetic data.
     Bench {
+        /// cpu, cuda, cuda:N or auto (train.device).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Global batch (data.batch_size), split among the ranks.
         #[arg(long, default_value_t = 64)]
         batch: i64,
+        /// Timed iterations (each n_critic critic updates and one generator update).
         #[arg(long, default_value_t = 20)]
         iters: u64,
+        /// Untimed iterations first.
         #[arg(long, default_value_t = 3)]
         warmup: u64,
         /// A config to take the model and loss from (default: the built-in WGAN-GP).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Override a config value (repeatable).
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
     },
@@ -138,7 +149,8 @@ enum Command {
 enum DataAction {
     /// Download the four files from the public mirrors, or import them with --from.
     Fetch {
-        #[arg(long)]
+        /// Where the four files go (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Import from this local folder instead of downloading.
         #[arg(long)]
@@ -146,7 +158,8 @@ enum DataAction {
     },
     /// Check the SHA-256 of each file's decompressed bytes.
     Verify {
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
     },
 }
@@ -172,16 +185,19 @@ impl From<Weights> for gandist::checkpoint::GeneratorWeights {
 enum ClassifierAction {
     /// Train the LeNet-style classifier on MNIST (seeded) and save it with a checksum.
     Train {
-        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Output file (default: <MNIST folder>/classifier.safetensors, where eval looks).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Passes over the training set.
         #[arg(long, default_value_t = 4)]
         epochs: usize,
+        /// Seed of the initial weights and the data order.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Images per update.
         #[arg(long, default_value_t = 128)]
         batch: usize,
         /// Adam's learning rate in the first epoch (halved after each epoch).
@@ -390,4 +406,48 @@ fn eval(
     print!("{}", report.table());
     println!("{}", serde_json::Value::Object(report.to_json()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag and positional argument of every subcommand, with its command path.
+    fn args(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for a in cmd.get_arguments() {
+            out.push((path.to_string(), a.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            args(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        let mut all = Vec::new();
+        args(&Cli::command(), "gandist", &mut all);
+        assert!(all.len() > 40, "{} arguments", all.len());
+        let missing: Vec<String> = all
+            .iter()
+            .filter(|(_, a)| a.get_help().is_none() && !matches!(a.get_id().as_str(), "help" | "version"))
+            .map(|(p, a)| format!("{p} --{}", a.get_id()))
+            .collect();
+        assert!(missing.is_empty(), "arguments without help text: {missing:?}");
+    }
+
+    #[test]
+    fn data_folder_flags_name_their_environment_variable() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut all = Vec::new();
+        args(&cmd, "gandist", &mut all);
+        let data: Vec<_> = all.iter().filter(|(_, a)| a.get_id() == "data").collect();
+        assert_eq!(data.len(), 6, "train, ablate, eval, classifier train, data fetch, data verify");
+        for (path, a) in data {
+            assert_eq!(a.get_env().and_then(|e| e.to_str()), Some("GANDIST_DATA"), "{path}");
+        }
+        let help = cmd.find_subcommand_mut("train").unwrap().render_long_help().to_string();
+        assert!(help.contains("[env: GANDIST_DATA="), "{help}");
+    }
 }

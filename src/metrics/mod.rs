@@ -67,6 +67,7 @@ pub struct Metrics {
     allreduce_bytes: IntCounterVec,
     world_size: Gauge,
     step: Gauge,
+    target_step: Gauge,
     build_info: GaugeVec,
     eval_fid: Gauge,
     eval_classes_covered: Gauge,
@@ -108,6 +109,7 @@ impl Metrics {
             allreduce_bytes: counters("gandist_allreduce_bytes_total", "Bytes this rank handed to gradient all-reduces.", &["net"])?,
             world_size: gauge("gandist_world_size", "Number of ranks in the run.")?,
             step: gauge("gandist_step", "Generator updates completed (the training iteration).")?,
+            target_step: gauge("gandist_target_step", "Generator updates the run is configured to reach (train.iterations): gandist_step / gandist_target_step is the fraction done.")?,
             build_info: gauges("gandist_build_info", "Constant 1, labelled with the gandist version, collective backend and device.", &["version", "backend", "device"])?,
             eval_fid: gauge("gandist_eval_fid", "Frechet distance of generated to real images at the last evaluation (NaN before one).")?,
             eval_classes_covered: gauge("gandist_eval_classes_covered", "Digit classes a classifier finds among generated images at the last evaluation (NaN before one).")?,
@@ -152,6 +154,10 @@ impl Metrics {
 
     pub fn set_step(&self, step: u64) {
         self.step.set(step as f64);
+    }
+
+    pub fn set_target_step(&self, step: u64) {
+        self.target_step.set(step as f64);
     }
 
     pub fn set_loss(&self, net: Net, term: &str, value: f64) {
@@ -255,6 +261,7 @@ pub(crate) mod tests {
         m.set_build_info("0.1.0", "mpi", "cpu");
         m.set_world_size(4);
         m.set_step(7);
+        m.set_target_step(2000);
         m.set_loss(Net::Critic, "gradient_penalty", 0.25);
         m.set_wasserstein(1.5);
         m.set_gp_input_grad_norm(0.9);
@@ -287,6 +294,7 @@ pub(crate) mod tests {
             ("gandist_allreduce_bytes_total", "counter"),
             ("gandist_world_size", "gauge"),
             ("gandist_step", "gauge"),
+            ("gandist_target_step", "gauge"),
             ("gandist_build_info", "gauge"),
             ("gandist_eval_fid", "gauge"),
             ("gandist_eval_classes_covered", "gauge"),
@@ -322,6 +330,7 @@ pub(crate) mod tests {
         assert_eq!(s("gandist_gradient_health", &[("net", "critic")]), 0.0);
         assert_eq!(s("gandist_world_size", &[]), 4.0);
         assert_eq!(s("gandist_step", &[]), 7.0);
+        assert_eq!(s("gandist_target_step", &[]), 2000.0);
         assert_eq!(s("gandist_build_info", &[("version", "0.1.0"), ("backend", "mpi"), ("device", "cpu")]), 1.0);
         assert!(s("gandist_eval_fid", &[]).is_nan(), "no evaluation yet");
         m.set_eval_scores(100, Some(12.5), None);

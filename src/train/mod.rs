@@ -145,6 +145,9 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         true => Some(observe::Monitor::start(&cfg.metrics, comm.as_ref(), device, &opts.run_dir)?),
         false => None,
     };
+    if let Some(m) = &monitor {
+        m.metrics.set_target_step(cfg.train.iterations);
+    }
     let mut mnist = Mnist::load(&opts.data_dir, Split::Train)?;
     mnist.truncate(cfg.data.limit);
     let data = DeviceImages::from_mnist(&mnist, device)?;

@@ -26,7 +26,7 @@ FAMILIES = [
     "gandist_grad_norm_before_clip", "gandist_grad_norm_after_clip", "gandist_clip_events_total",
     "gandist_nonfinite_skipped_updates_total", "gandist_gradient_health", "gandist_learning_rate",
     "gandist_updates_total", "gandist_images_processed_total", "gandist_step_phase_seconds",
-    "gandist_allreduce_bytes_total", "gandist_world_size", "gandist_step", "gandist_build_info",
+    "gandist_allreduce_bytes_total", "gandist_world_size", "gandist_step", "gandist_target_step", "gandist_build_info",
     "gandist_eval_fid", "gandist_eval_classes_covered", "gandist_eval_step",
     "process_cpu_seconds_total", "process_resident_memory_bytes", "process_open_fds", "process_start_time_seconds",
 ]
