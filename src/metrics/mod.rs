@@ -14,6 +14,15 @@ use anyhow::{Context, Result};
 use prometheus::{Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 use std::collections::HashMap;
 
+/// Port of local rank 0's exporter unless `metrics.port_base` says otherwise; local rank r
+/// serves on 19400 + r. Outside 9100-9999, the range Prometheus's list of default exporter
+/// ports has filled (dcgm-exporter takes 9400 on GPU nodes, node_exporter 9100), and away
+/// from the services of a GPU node: Slurm (6817-6820), DCGM's host engine (5555), Ray (6379,
+/// 8265, 10001), TensorBoard (6006), Jupyter (8888), Grafana (3000), OTLP (4317, 4318),
+/// PyTorch's rendezvous (29400) and master (29500) ports; and below Linux's ephemeral range
+/// (32768-60999), where a listener can collide with an outgoing connection's port.
+pub const DEFAULT_PORT_BASE: u16 = 19400;
+
 /// The two networks, as label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Net {
@@ -253,6 +262,47 @@ pub(crate) mod tests {
                 (n.to_string(), t.to_string())
             })
             .collect()
+    }
+
+    /// Ports that a GPU cluster node commonly has taken, one per service (see DEFAULT_PORT_BASE).
+    const TAKEN: &[(u16, &str)] = &[
+        (3000, "Grafana"),
+        (4317, "OTLP gRPC"),
+        (4318, "OTLP HTTP"),
+        (5555, "DCGM nv-hostengine"),
+        (6006, "TensorBoard"),
+        (6379, "Ray GCS"),
+        (6817, "slurmctld"),
+        (6818, "slurmd"),
+        (6819, "slurmdbd"),
+        (6820, "slurmrestd"),
+        (8000, "HTTP alternative"),
+        (8080, "HTTP alternative"),
+        (8265, "Ray dashboard"),
+        (8888, "Jupyter"),
+        (9090, "Prometheus"),
+        (9093, "Alertmanager"),
+        (9100, "node_exporter"),
+        (9400, "dcgm-exporter"),
+        (9464, "OpenTelemetry Prometheus exporter"),
+        (9835, "nvidia_gpu_exporter"),
+        (10001, "Ray client"),
+        (10250, "kubelet"),
+        (29400, "torch elastic rendezvous"),
+        (29500, "torchrun MASTER_PORT"),
+    ];
+
+    #[test]
+    fn default_ports_of_64_local_ranks_avoid_common_services() {
+        for local_rank in 0..64u16 {
+            let port = DEFAULT_PORT_BASE + local_rank;
+            assert!(!(9100..=9999).contains(&port), "{port} is in the exporters' allocation range");
+            assert!(port < 32768, "{port} is in the ephemeral range");
+            if let Some((_, what)) = TAKEN.iter().find(|(p, _)| *p == port) {
+                panic!("local rank {local_rank} would listen on {port}, the port of {what}");
+            }
+        }
+        assert_eq!(crate::config::MetricsConfig::default().port_base, DEFAULT_PORT_BASE);
     }
 
     #[test]
