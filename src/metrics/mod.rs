@@ -41,8 +41,12 @@ impl Net {
     }
 }
 
+/// Every state of the gradient-health detector, in gauge order.
+pub const HEALTH_STATES: [GradientHealth; 4] =
+    [GradientHealth::Vanishing, GradientHealth::Healthy, GradientHealth::Exploding, GradientHealth::NonFinite];
+
 /// `gandist_gradient_health` encodes the detector's verdict (`crate::health`) as -1 vanishing,
-/// 0 healthy, 1 exploding, 2 non-finite.
+/// 0 healthy, 1 exploding, 2 non-finite. The dashboard maps each value to its name (tested).
 pub fn health_value(state: GradientHealth) -> f64 {
     match state {
         GradientHealth::Vanishing => -1.0,
@@ -291,6 +295,47 @@ pub(crate) mod tests {
         (29400, "torch elastic rendezvous"),
         (29500, "torchrun MASTER_PORT"),
     ];
+
+    /// Every value the health gauge can take has a name and colour on the dashboard, and the
+    /// metrics table of docs/monitoring.md lists it.
+    #[test]
+    fn dashboard_and_docs_name_every_gradient_health_state() {
+        let codes: std::collections::BTreeSet<u8> = HEALTH_STATES.iter().map(|s| s.code()).collect();
+        assert_eq!(codes.len(), HEALTH_STATES.len(), "HEALTH_STATES lists each state once");
+        assert_eq!(codes.iter().copied().max(), Some(HEALTH_STATES.len() as u8 - 1), "HEALTH_STATES lists every state");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("monitoring/grafana/dashboards/gandist.json")).unwrap()).unwrap();
+        let panels: Vec<&serde_json::Value> = dash["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["targets"].as_array().is_some_and(|t| t.iter().any(|t| t["expr"].as_str().unwrap_or("").contains("gandist_gradient_health"))))
+            .collect();
+        assert!(!panels.is_empty(), "no panel shows gandist_gradient_health");
+        let docs = std::fs::read_to_string(root.join("docs/monitoring.md")).unwrap();
+        let row = docs.lines().find(|l| l.starts_with("| `gandist_gradient_health`")).expect("docs list gandist_gradient_health");
+        for p in panels {
+            let mapped: serde_json::Map<String, serde_json::Value> = p["fieldConfig"]["defaults"]["mappings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["type"] == "value")
+                .flat_map(|m| m["options"].as_object().unwrap().clone())
+                .collect();
+            assert_eq!(mapped.len(), HEALTH_STATES.len(), "{}: {mapped:?}", p["title"]);
+            for state in HEALTH_STATES {
+                let key = format!("{}", health_value(state) as i64);
+                let m = mapped.get(&key).unwrap_or_else(|| panic!("{}: value {key} ({}) is not mapped", p["title"], state.as_str()));
+                assert_eq!(m["text"], state.as_str(), "{}", p["title"]);
+                assert!(m["color"].as_str().is_some_and(|c| !c.is_empty()));
+            }
+        }
+        for state in HEALTH_STATES {
+            let entry = format!("{} {}", health_value(state) as i64, state.as_str());
+            assert!(row.replace('−', "-").contains(&entry), "docs/monitoring.md does not list {entry:?}: {row}");
+        }
+    }
 
     #[test]
     fn default_ports_of_64_local_ranks_avoid_common_services() {
