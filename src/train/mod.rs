@@ -46,9 +46,10 @@ pub enum Outcome {
 /// libtorch's CPU threads for this rank: `train.threads` when set, else the cores of this
 /// process's affinity mask divided among the ranks on this node that have the same mask (all
 /// of them when nothing binds, one when the launcher gave each rank cores of its own). Also on
-/// GPU runs, where the CPU still draws noise and stages data: libtorch's default (every core
-/// of the node, in every rank) would oversubscribe the node. A collective when the count is
-/// not configured. Returns the count and how it was chosen, for the log.
+/// GPU runs, where the CPU still draws noise and stages data. libtorch's own default depends
+/// on the launcher (every core in a plain process, 1 under mpirun), not on the cores a rank
+/// has. A collective when the count is not configured. Returns the count and how it was
+/// chosen, for the log.
 pub fn threads_per_rank(cfg: &Config, comm: &dyn Collective) -> Result<(i32, String)> {
     if cfg.train.threads > 0 {
         return Ok((cfg.train.threads, "train.threads".into()));
