@@ -42,6 +42,7 @@ gandist_job_run() {
 
   gandist_log "job $job_id (start $(( ${SLURM_RESTART_COUNT:-0} + 1 ))) with ${SLURM_NTASKS:-?} tasks on ${SLURM_JOB_NODELIST:-?}; run directory $RUN_DIR"
   srun_pid=""
+  timer_pid=""
   stopping=0
   requeued=0
   gandist_requeue() {
@@ -62,6 +63,7 @@ gandist_job_run() {
     gandist_stop_ranks
     # The requeue deadline: a timer that signals this shell if the ranks take too long.
     ( sleep "$stop_wait"; kill -USR2 $$ 2>/dev/null ) &
+    timer_pid=$!
     return 0
   }
   trap gandist_time_limit USR1
@@ -88,6 +90,7 @@ gandist_job_run() {
     wait "$srun_pid" || rc=$?
   done
   if [ "$stopping" = 1 ]; then
+    [ -n "$timer_pid" ] && kill "$timer_pid" 2>/dev/null
     gandist_requeue
   fi
   gandist_log "ranks ended (srun exit code $rc)"
