@@ -8,7 +8,8 @@
 #   - lists its ranks in metrics.sd_dir as gandist-<run>-<job id>.json, labelled slurm_job_id;
 # and a second job with the same name gets a run directory of its own. Slurm holds a requeued
 # job for about 2 minutes before it may start again; the test releases it at once
-# (scontrol update StartTime=now). Every daemon is stopped by pid. About 1.5 minutes.
+# (scontrol update StartTime=now). Every daemon is stopped by pid. 40-75 s, most of it waiting
+# for Slurm's signal. KEEP_TMP=1 keeps the test's folder (logs, run directories).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . launch/env.sh

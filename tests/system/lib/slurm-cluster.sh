@@ -9,7 +9,9 @@
 # same time on one machine do not share or stop each other's daemons. The node declares 64
 # CPUs whatever it has (slurmd takes the configured count, `config_overrides`) and 8 GPUs of a
 # GRES on stand-in device files, so that the GPU batch script passes `sbatch --test-only`; jobs
-# that really run ask for --cpus-per-task=1 --overcommit and no GPU.
+# that really run ask for --cpus-per-task=1 --overcommit and no GPU. KillWait is 5 s, and
+# slurm_stop cancels the cluster's jobs and waits for their processes before it stops the
+# daemons, so that a failed test leaves no job processes behind.
 
 slurm_pids=()
 slurm_munge_dir=""
@@ -66,6 +68,7 @@ SelectTypeParameters=CR_Core
 MpiDefault=pmix
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 MinJobAge=4
+KillWait=5
 ReturnToService=2
 JobRequeue=1
 AccountingStorageType=accounting_storage/none
@@ -93,8 +96,29 @@ CONF
   echo "slurm: node $host idle (slurmctld port $ctl_port, slurmd port $d_port)"
 }
 
+# SIGKILL to a process and every process below it, children first.
+slurm_kill_tree() {
+  local c
+  for c in $(pgrep -P "$1" || true); do slurm_kill_tree "$c"; done
+  kill -9 "$1" 2>/dev/null || true
+}
+
 slurm_stop() {
-  local p
+  local p j jobs=""
+  # Jobs first, while slurmd still runs: a job step's slurmstepd outlives slurmd otherwise.
+  [ ${#slurm_pids[@]} -gt 0 ] && jobs="$(squeue -h -o %A 2>/dev/null || true)"
+  if [ -n "$jobs" ]; then
+    scancel $jobs 2>/dev/null || true
+    for j in $jobs; do
+      # KillWait (5 s here) after the SIGTERM, slurmstepd kills the tasks and ends itself.
+      for _ in $(seq 150); do pgrep -f "slurmstepd: \[$j\." >/dev/null || break; sleep 0.1; done
+      # These job ids are this cluster's (FirstJobId is random): end what is left of them, the
+      # steps' processes first.
+      for p in $(pgrep -f "slurmstepd: \[$j\." || true); do
+        slurm_kill_tree "$p"
+      done
+    done
+  fi
   for p in "${slurm_pids[@]}"; do kill "$p" 2>/dev/null || true; done
   for p in "${slurm_pids[@]}"; do
     for _ in $(seq 50); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
