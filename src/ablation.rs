@@ -120,7 +120,7 @@ pub fn run(opts: &AblateOptions) -> Result<Vec<RunSummary>> {
                 }
                 std::fs::remove_dir_all(&run_dir).with_context(|| format!("cannot remove the previous run {}", run_dir.display()))?;
             }
-            eprintln!("ablate: training {name} ({} iterations)", cfg.train.iterations);
+            tracing::info!("ablate: training {name} ({} iterations)", cfg.train.iterations);
             let start = Instant::now();
             let ro = RunOptions { run_dir: run_dir.clone(), data_dir: opts.data_dir.clone(), resume: None };
             match train::run(cfg.clone(), &ro) {
@@ -128,7 +128,7 @@ pub fn run(opts: &AblateOptions) -> Result<Vec<RunSummary>> {
                 // A signal asks the whole ablation to stop, not just this run.
                 Ok(train::Outcome::Stopped(sig)) => bail!("ablation stopped by signal {sig} during {name}"),
                 Err(e) => {
-                    eprintln!("ablate: {name} failed: {e:#}");
+                    tracing::error!("ablate: {name} failed: {e:#}");
                     error = Some(format!("{e:#}"));
                 }
             }
@@ -344,7 +344,7 @@ mark at the top edge.{}\n",
         writeln!(md)?;
     }
     crate::fsutil::write_atomic(&opts.out, md.as_bytes()).with_context(|| format!("cannot write {}", opts.out.display()))?;
-    eprintln!("ablate: wrote {} and {}", opts.out.display(), img_dir.display());
+    tracing::info!("ablate: wrote {} and {}", opts.out.display(), img_dir.display());
     Ok(())
 }
 

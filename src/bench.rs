@@ -22,6 +22,8 @@ pub struct BenchResult {
     /// n_critic + 1.
     pub updates_per_iteration: u64,
     pub world_size: usize,
+    /// libtorch's CPU threads in this rank.
+    pub threads: i32,
     /// Float32 values in the generator and the critic.
     pub params: (i64, i64),
     /// All-reduces of the timed iterations only.
@@ -36,10 +38,11 @@ impl BenchResult {
     /// One line per figure, for people and for docs/.
     pub fn report(&self, device: Device, backend: &str) -> String {
         let mut s = format!(
-            "device {device:?} backend {backend} ranks {} global batch {} iterations {}\n\
+            "device {device:?} backend {backend} ranks {} threads per rank {} global batch {} iterations {}\n\
              time {:.3} s, {:.2} ms/iteration, {:.1} images/s (critic images: n_critic x batch x iterations / s)\n\
              parameters: generator {} critic {} ({:.2} MB and {:.2} MB of float32)",
             self.world_size,
+            self.threads,
             self.batch,
             self.iterations,
             self.seconds,
@@ -109,6 +112,7 @@ pub fn run(mut cfg: Config, comm: Rc<dyn Collective>, device: Device, warmup: u6
         ms_per_iteration: 1e3 * seconds / iterations as f64,
         updates_per_iteration: cfg.train.n_critic + 1,
         world_size,
+        threads: tch::get_num_threads(),
         params: (t.generator.params.numel(), t.critic.params.numel()),
         allreduce: t.allreduce,
         host_reads,

@@ -192,7 +192,7 @@ pub fn load_latest(root: &Path, expected: &BTreeMap<String, Vec<usize>>) -> Resu
         match load(dir, expected) {
             Ok(l) => {
                 for e in &errors {
-                    eprintln!("warning: skipped {e}");
+                    tracing::warn!("skipped {e}");
                 }
                 return Ok(Some(l));
             }

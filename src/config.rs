@@ -260,6 +260,10 @@ pub struct MetricsConfig {
     pub host: String,
     /// Port of local rank 0; 0 lets every rank take any free port (the targets file lists them).
     pub port_base: u16,
+    /// A folder that a shared Prometheus watches (file_sd, `gandist-*.json`): rank 0 writes
+    /// the run's targets there as gandist-<run>-<job>.json and removes the file at a clean
+    /// end. "" = none (the run directory's prometheus-targets.json is written either way).
+    pub sd_dir: String,
 }
 
 /// Fault injection, for tests of the failure paths. Off by default.
@@ -391,7 +395,7 @@ impl Default for DistConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: false, host: "127.0.0.1".into(), port_base: 9400 }
+        MetricsConfig { enabled: false, host: "127.0.0.1".into(), port_base: crate::metrics::DEFAULT_PORT_BASE, sd_dir: String::new() }
     }
 }
 

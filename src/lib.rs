@@ -6,12 +6,14 @@
 //! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`,
 //! `metrics` (Prometheus registry and exporter), `plot` (PNG curves of the scalar log),
 //! `eval` (sample quality: classifier FID, coverage), `hostread` (the one, counted, place
-//! where tensor data reaches the host).
+//! where tensor data reaches the host), `cpus` (the affinity mask and threads per rank),
+//! `logging` (timestamped, levelled log lines with the rank).
 
 pub mod ablation;
 pub mod bench;
 pub mod checkpoint;
 pub mod config;
+pub mod cpus;
 pub mod data;
 pub mod device;
 pub mod dist;
@@ -19,6 +21,7 @@ pub mod eval;
 pub mod fsutil;
 pub mod health;
 pub mod hostread;
+pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod objective;

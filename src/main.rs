@@ -19,13 +19,14 @@ struct Cli {
 enum Command {
     /// Train a GAN (run under mpirun or srun for data-parallel training).
     Train {
+        /// The TOML configuration (configs/ has the paper's, a quick CPU one and ablations).
         #[arg(long)]
         config: PathBuf,
         /// Override a config value, e.g. --set optim.lr_d=2e-4 (repeatable).
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
-        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Run directory (default: runs/<config file name>).
         #[arg(long)]
@@ -39,12 +40,16 @@ enum Command {
         /// A checkpoint directory, or a run directory (its newest checkpoint).
         #[arg(long)]
         checkpoint: PathBuf,
+        /// Number of samples.
         #[arg(long, default_value_t = 64)]
         n: usize,
+        /// Output file.
         #[arg(long)]
         out: PathBuf,
+        /// A PNG grid, or an IDX file of the images (n, 28, 28) for `eval --samples`.
         #[arg(long, value_enum, default_value_t = SampleFormat::Png)]
         format: SampleFormat,
+        /// Seed of the generator's noise.
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Which generator weights: the EMA ones when the checkpoint has them (auto), or not.
@@ -61,7 +66,8 @@ enum Command {
         /// The markdown report; plots go to a folder named after it (docs/ablation/).
         #[arg(long, default_value = "docs/ablation.md")]
         out: PathBuf,
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Override a value in every configuration (repeatable).
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
@@ -96,8 +102,8 @@ enum Command {
         /// Seed of the generator's noise.
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Classifier file (default: <MNIST folder>/classifier.safetensors).
         #[arg(long)]
@@ -118,17 +124,22 @@ enum Command {
     },
     /// Images/s of the training iteration on synthetic data.
     Bench {
+        /// cpu, cuda, cuda:N or auto (train.device).
         #[arg(long, default_value = "cpu")]
         device: String,
+        /// Global batch (data.batch_size), split among the ranks.
         #[arg(long, default_value_t = 64)]
         batch: i64,
+        /// Timed iterations (each n_critic critic updates and one generator update).
         #[arg(long, default_value_t = 20)]
         iters: u64,
+        /// Untimed iterations first.
         #[arg(long, default_value_t = 3)]
         warmup: u64,
         /// A config to take the model and loss from (default: the built-in WGAN-GP).
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Override a config value (repeatable).
         #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
         overrides: Vec<String>,
     },
@@ -148,7 +159,8 @@ enum Command {
 enum DataAction {
     /// Download the four files from the public mirrors, or import them with --from.
     Fetch {
-        #[arg(long)]
+        /// Where the four files go (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Import from this local folder instead of downloading.
         #[arg(long)]
@@ -156,7 +168,8 @@ enum DataAction {
     },
     /// Check the SHA-256 of each file's decompressed bytes.
     Verify {
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
     },
 }
@@ -182,16 +195,19 @@ impl From<Weights> for gandist::checkpoint::GeneratorWeights {
 enum ClassifierAction {
     /// Train the LeNet-style classifier on MNIST (seeded) and save it with a checksum.
     Train {
-        /// MNIST folder (default: $GANDIST_DATA, else data/mnist).
-        #[arg(long)]
+        /// MNIST folder (default: data/mnist).
+        #[arg(long, env = "GANDIST_DATA")]
         data: Option<PathBuf>,
         /// Output file (default: <MNIST folder>/classifier.safetensors, where eval looks).
         #[arg(long)]
         out: Option<PathBuf>,
+        /// Passes over the training set.
         #[arg(long, default_value_t = 4)]
         epochs: usize,
+        /// Seed of the initial weights and the data order.
         #[arg(long, default_value_t = 0)]
         seed: u64,
+        /// Images per update.
         #[arg(long, default_value_t = 128)]
         batch: usize,
         /// Adam's learning rate in the first epoch (halved after each epoch).
@@ -220,10 +236,11 @@ fn main() -> ExitCode {
     // SIGXFSZ killing the process mid-checkpoint.
     let _ = signal_hook::flag::register(signal_hook::consts::SIGXFSZ, std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false)));
     let cli = Cli::parse();
+    gandist::logging::init();
     match run(cli) {
         Ok(code) => code,
         Err(e) => {
-            eprintln!("error: {e:#}");
+            tracing::error!("{e:#}");
             ExitCode::FAILURE
         }
     }
@@ -329,11 +346,10 @@ fn run(cli: Cli) -> Result<ExitCode> {
                 None => Config::from_toml_str("", &all)?,
             };
             let started = gandist::dist::init(&cfg.dist, &cfg.train.device)?;
-            eprintln!("{}", started.report);
+            gandist::logging::set_rank(started.comm.rank());
+            tracing::info!("{}", started.report);
             let (comm, dev): (std::rc::Rc<dyn gandist::dist::Collective>, _) = (std::rc::Rc::from(started.comm), started.device);
-            if dev == tch::Device::Cpu && cfg.train.threads > 0 {
-                tch::set_num_threads(cfg.train.threads);
-            }
+            gandist::train::set_threads(&cfg, comm.as_ref())?;
             let backend = comm.backend_name();
             let is_root = comm.rank() == 0;
             // An error on one rank ends the whole job, as in training.
@@ -348,7 +364,8 @@ fn run(cli: Cli) -> Result<ExitCode> {
             all.extend(overrides);
             let cfg = Config::from_toml_str("", &all)?;
             let started = gandist::dist::init(&cfg.dist, &cfg.train.device)?;
-            eprintln!("{}", started.report);
+            gandist::logging::set_rank(started.comm.rank());
+            tracing::info!("{}", started.report);
             let checks = gandist::dist::selftest::run(&started);
             let rank = started.comm.rank();
             let mut failed = 0;
@@ -381,7 +398,7 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
         SampleFormat::Idx => gandist::samples::write_idx_channels(out, &bytes, n, ch, side)?,
     }
     let which = if ck.ema { " (EMA weights)" } else { "" };
-    eprintln!("wrote {n} samples from {}{which} (step {}) on {} to {}", ck.dir.display(), ck.meta.step, gandist::device::label(device), out.display());
+    tracing::info!("wrote {n} samples from {}{which} (step {}) on {} to {}", ck.dir.display(), ck.meta.step, gandist::device::label(device), out.display());
     Ok(())
 }
 
@@ -423,4 +440,118 @@ fn eval(
     print!("{}", report.table());
     println!("{}", serde_json::Value::Object(report.to_json()));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag and positional argument of every subcommand, with its command path.
+    fn args(cmd: &clap::Command, path: &str, out: &mut Vec<(String, clap::Arg)>) {
+        for a in cmd.get_arguments() {
+            out.push((path.to_string(), a.clone()));
+        }
+        for sub in cmd.get_subcommands() {
+            args(sub, &format!("{path} {}", sub.get_name()), out);
+        }
+    }
+
+    #[test]
+    fn every_argument_has_help() {
+        let mut all = Vec::new();
+        args(&Cli::command(), "gandist", &mut all);
+        assert!(all.len() > 40, "{} arguments", all.len());
+        let missing: Vec<String> = all
+            .iter()
+            .filter(|(_, a)| a.get_help().is_none() && !matches!(a.get_id().as_str(), "help" | "version"))
+            .map(|(p, a)| format!("{p} --{}", a.get_id()))
+            .collect();
+        assert!(missing.is_empty(), "arguments without help text: {missing:?}");
+    }
+
+    /// What docs/distributed.md tells users coming from PyTorch holds: its gandist commands
+    /// and flags parse, the config keys it names exist, the files it names are there.
+    #[test]
+    fn pytorch_users_section_holds() {
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let docs = std::fs::read_to_string(root.join("docs/distributed.md")).unwrap();
+        let start = docs.find("\n## For users coming from PyTorch\n").expect("docs/distributed.md has the section");
+        let section = &docs[start + 1..];
+        let section = &section[..section[1..].find("\n## ").map_or(section.len(), |i| i + 1)];
+        // The gandist column of the table: the second cell of each row.
+        let cells: Vec<&str> = section
+            .lines()
+            .filter(|l| l.starts_with("| ") && !l.starts_with("| with PyTorch"))
+            .filter_map(|l| l.split(" | ").nth(1))
+            .collect();
+        assert!(cells.len() >= 10, "{cells:?}");
+        let spans: Vec<&str> = cells.iter().flat_map(|c| c.split('`').skip(1).step_by(2)).collect();
+        let parse = |argv: Vec<&str>, span: &str| {
+            match Cli::try_parse_from(&argv) {
+                Err(e) if e.kind() != clap::error::ErrorKind::DisplayHelp => {
+                    panic!("docs/distributed.md: `{span}` does not parse as {argv:?}: {e}")
+                }
+                _ => {}
+            }
+        };
+        let (mut commands, mut flags, mut keys, mut files) = (0, 0, 0, 0);
+        let setting = |kv: &str, span: &str| {
+            gandist::config::Config::from_toml_str("", &[kv.to_string()])
+                .unwrap_or_else(|e| panic!("docs/distributed.md: `{span}` is not a valid setting: {e:#}"));
+        };
+        for span in &spans {
+            for path in span.split_whitespace().filter(|w| w.starts_with("launch/")) {
+                assert!(root.join(path).exists(), "docs/distributed.md names {path}, which does not exist");
+                files += 1;
+            }
+            // Commands: what follows `gandist`, up to `...`; placeholders given values.
+            if let Some(at) = span.find("gandist ") {
+                let mut argv: Vec<&str> = vec!["gandist"];
+                argv.extend(span[at + 8..].split_whitespace().take_while(|w| *w != "..."));
+                if argv.last() == Some(&"--config") {
+                    argv.push("c.toml");
+                }
+                let argv = argv.into_iter().map(|w| if w == "RUN_DIR" { "runs/x" } else { w }).collect();
+                parse(argv, span);
+                commands += 1;
+            } else if let Some(flag) = span.strip_prefix("--").map(|_| span.split_whitespace().collect::<Vec<_>>()) {
+                // A flag of `gandist train`, with its placeholder value.
+                let flag = flag.into_iter().map(|w| match w {
+                    "FILE.toml" => "c.toml",
+                    "section.key=value" => "train.seed=1",
+                    w => w,
+                });
+                let mut argv = vec!["gandist", "train", "--config", "c.toml"];
+                argv.extend(flag);
+                if argv[4] != "--config" {
+                    if argv[4] == "--set" {
+                        setting(argv[5], span);
+                        keys += 1;
+                    }
+                    parse(argv, span);
+                    flags += 1;
+                }
+            } else if let Some((key, value)) = span.split_once(" = ") {
+                setting(&format!("{key}={value}"), span);
+                keys += 1;
+            }
+        }
+        assert!(commands >= 4 && flags >= 2 && keys >= 2 && files >= 2, "found {commands} commands, {flags} flags, {keys} settings, {files} files");
+    }
+
+    #[test]
+    fn data_folder_flags_name_their_environment_variable() {
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut all = Vec::new();
+        args(&cmd, "gandist", &mut all);
+        let data: Vec<_> = all.iter().filter(|(_, a)| a.get_id() == "data").collect();
+        assert_eq!(data.len(), 6, "train, ablate, eval, classifier train, data fetch, data verify");
+        for (path, a) in data {
+            assert_eq!(a.get_env().and_then(|e| e.to_str()), Some("GANDIST_DATA"), "{path}");
+        }
+        let help = cmd.find_subcommand_mut("train").unwrap().render_long_help().to_string();
+        assert!(help.contains("[env: GANDIST_DATA="), "{help}");
+    }
 }

@@ -317,7 +317,7 @@ fn an_error_on_one_rank_during_training_ends_the_job() {
     let (o, took) = output_within(train_cmd(2, &run, &sets, &[]), Duration::from_secs(90));
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
-    assert!(t.contains("rank 1: error: injected fault at critic update 5 on rank 1"), "{t}");
+    assert!(t.contains("ERROR rank=1: injected fault at critic update 5 on rank 1"), "{t}");
     assert!(took < Duration::from_secs(60), "took {took:?}");
 }
 
@@ -331,7 +331,7 @@ fn an_error_on_one_rank_in_the_bench_ends_the_job() {
     let (o, took) = output_within(c, Duration::from_secs(90));
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
-    assert!(t.contains("rank 1: error: injected fault at critic update 3 on rank 1"), "{t}");
+    assert!(t.contains("ERROR rank=1: injected fault at critic update 3 on rank 1"), "{t}");
     assert!(took < Duration::from_secs(60), "took {took:?}");
 }
 
@@ -352,7 +352,7 @@ fn rank_0_work_has_its_own_deadline() {
     let (o, took) = output_within(train_cmd(2, &late, &sets(&["dist.root_work_timeout_seconds=1"]), &[]), Duration::from_secs(90));
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
-    assert!(t.contains("rank 1: error:") && t.contains("did not complete within 1s") && t.contains("dist.root_work_timeout_seconds"), "{t}");
+    assert!(t.contains("ERROR rank=1:") && t.contains("did not complete within 1s") && t.contains("dist.root_work_timeout_seconds"), "{t}");
     assert!(took < Duration::from_secs(60), "took {took:?}");
 }
 

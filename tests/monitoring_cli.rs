@@ -24,15 +24,19 @@ fn is_png(p: &Path) -> bool {
     std::fs::read(p).map(|b| b.starts_with(b"\x89PNG\r\n\x1a\n") && image::load_from_memory(&b).is_ok()).unwrap_or(false)
 }
 
-/// A single-process run with metrics on: rank 0 lists its exporter in the targets file, the
-/// exporter answers while the run trains, and a clean end empties the file and leaves plots.
+/// A single-process run with metrics on: rank 0 lists its exporter in the targets file and in
+/// the shared service-discovery folder (labelled with node and Slurm job), the exporter
+/// answers while the run trains, and a clean end empties the one, removes the other and
+/// leaves plots.
 #[test]
 fn run_with_metrics_serves_lists_and_cleans_up() {
     let data = mnist_dir();
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
-    let args = smoke(&run, &data, &["--set", "metrics.enabled=true", "--set", "metrics.port_base=0", "--set", "train.iterations=30"]);
-    let mut child = Command::new(bin()).args(&args).stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    let sd = tmp.path().join("sd");
+    let sd_set = format!("metrics.sd_dir={}", sd.display());
+    let args = smoke(&run, &data, &["--set", "metrics.enabled=true", "--set", "metrics.port_base=0", "--set", "train.iterations=30", "--set", &sd_set]);
+    let mut child = Command::new(bin()).args(&args).env("SLURM_JOB_ID", "4242").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
     let targets = run.join("prometheus-targets.json");
     let deadline = Instant::now() + Duration::from_secs(60);
     let addr = loop {
@@ -47,6 +51,13 @@ fn run_with_metrics_serves_lists_and_cleans_up() {
         std::thread::sleep(Duration::from_millis(20));
     };
     assert!(addr.starts_with("127.0.0.1:"), "{addr}");
+    let shared = sd.join("gandist-run-4242.json");
+    let listed: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&shared).unwrap()).unwrap();
+    let node = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap().trim().to_string();
+    assert_eq!(
+        listed,
+        serde_json::json!([{"targets": [addr], "labels": {"rank": "0", "run": "run", "node": node, "slurm_job_id": "4242"}}])
+    );
     assert_eq!(http_get(&format!("http://{addr}/healthz")), "ok\n");
     let text = http_get(&format!("http://{addr}/metrics"));
     assert!(text.contains(r#"gandist_build_info{backend="local",device="cpu",version="#), "{text}");
@@ -55,6 +66,7 @@ fn run_with_metrics_serves_lists_and_cleans_up() {
     let log = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "{log}");
     assert_eq!(std::fs::read_to_string(&targets).unwrap(), "[]\n", "a clean end empties the targets file");
+    assert_eq!(std::fs::read_dir(&sd).unwrap().count(), 0, "a clean end removes the run's file from metrics.sd_dir");
     assert!(is_png(&run.join("plots/losses.png")) && is_png(&run.join("plots/grad_norms.png")), "{log}");
 }
 

@@ -163,7 +163,7 @@ pub fn import(src: &Path, dir: &Path) -> Result<()> {
         let tmp = dir.join(format!(".{}.part", file_name.to_string_lossy()));
         std::fs::copy(&from, &tmp).with_context(|| format!("cannot copy {} to {}", from.display(), tmp.display()))?;
         crate::fsutil::sync_and_rename(&tmp, &to)?;
-        eprintln!("imported {}", to.display());
+        tracing::info!("imported {}", to.display());
     }
     Ok(())
 }
@@ -178,7 +178,7 @@ pub fn fetch(dir: &Path) -> Result<()> {
     for f in &FILES {
         if let Ok(p) = locate(dir, f.name) {
             if check_file(&p, f).is_ok() {
-                eprintln!("present and verified: {}", p.display());
+                tracing::info!("present and verified: {}", p.display());
                 continue;
             }
         }
@@ -191,13 +191,13 @@ pub fn fetch(dir: &Path) -> Result<()> {
             match download(&url, &tmp).and_then(|_| check_file(&tmp, f)) {
                 Ok(()) => {
                     crate::fsutil::sync_and_rename(&tmp, &to)?;
-                    eprintln!("fetched and verified {}", to.display());
+                    tracing::info!("fetched and verified {}", to.display());
                     done = true;
                     break;
                 }
                 Err(e) => {
                     let _ = std::fs::remove_file(&tmp);
-                    eprintln!("{url}: {e:#}");
+                    tracing::warn!("{url}: {e:#}");
                     failures.push(format!("{url}: {e:#}"));
                 }
             }

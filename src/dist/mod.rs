@@ -111,7 +111,7 @@ pub fn launched_by_mpi() -> bool {
 pub fn or_abort<T>(comm: &dyn Collective, result: Result<T>) -> Result<T> {
     if let Err(e) = &result {
         if comm.world_size() > 1 {
-            eprintln!("rank {}: error: {e:#}", comm.rank());
+            tracing::error!("{e:#}");
             comm.abort(1);
         }
     }
@@ -210,7 +210,7 @@ fn init_mpi(cfg: &DistConfig, device_name: &str) -> Result<Started> {
     match comm {
         Ok(c) => Ok(Started { comm: Box::new(nccl::Nccl::from_parts(c, mpi)), device, report: choice::startup_report(&mine, world, "nccl", notes) }),
         Err(e) => {
-            eprintln!("rank {rank}: error: {e:#}");
+            tracing::error!("{e:#}");
             mpi.abort(1)
         }
     }
@@ -232,7 +232,7 @@ fn set_device_before_mpi(device_name: &str) {
     };
     if let Some(i) = ordinal.filter(|&i| i < count) {
         if let Err(e) = cuda::driver().and_then(|d| d.make_current(i)) {
-            eprintln!("warning: cannot make CUDA device {i} current before MPI starts: {e:#}");
+            tracing::warn!("cannot make CUDA device {i} current before MPI starts: {e:#}");
         }
     }
 }

@@ -49,9 +49,8 @@ impl Mpi {
         let world = universe.world();
         let node = world.split_shared(world.rank());
         let (local_rank, local_size) = (node.rank() as usize, node.size() as usize);
-        let rank = world.rank();
         let watchdog = Watchdog::start(move |msg| {
-            eprintln!("rank {rank}: error: {msg}; ending the job");
+            tracing::error!("{msg}; ending the job");
             // SAFETY: MPI is initialised (this thread stops before it is finalised).
             unsafe { mpi::ffi::MPI_Abort(mpi::ffi::RSMPI_COMM_WORLD, 1) };
         });

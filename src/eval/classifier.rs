@@ -158,7 +158,7 @@ impl Classifier {
                 let loss = net.logits(&x.index_select(0, &idx)).cross_entropy_for_logits(&y.index_select(0, &idx));
                 opt.backward_step(&loss);
             }
-            eprintln!("epoch {}/{} done ({:.1} s)", epoch + 1, opts.epochs, start.elapsed().as_secs_f64());
+            tracing::info!("epoch {}/{} done ({:.1} s)", epoch + 1, opts.epochs, start.elapsed().as_secs_f64());
         }
         let seconds = start.elapsed().as_secs_f64();
         let tx = images_to_tensor(&test.images, test.n)?;

@@ -14,6 +14,15 @@ use anyhow::{Context, Result};
 use prometheus::{Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 use std::collections::HashMap;
 
+/// Port of local rank 0's exporter unless `metrics.port_base` says otherwise; local rank r
+/// serves on 19400 + r. Outside 9100-9999, the range Prometheus's list of default exporter
+/// ports has filled (dcgm-exporter takes 9400 on GPU nodes, node_exporter 9100), and away
+/// from the services of a GPU node: Slurm (6817-6820), DCGM's host engine (5555), Ray (6379,
+/// 8265, 10001), TensorBoard (6006), Jupyter (8888), Grafana (3000), OTLP (4317, 4318),
+/// PyTorch's rendezvous (29400) and master (29500) ports; and below Linux's ephemeral range
+/// (32768-60999), where a listener can collide with an outgoing connection's port.
+pub const DEFAULT_PORT_BASE: u16 = 19400;
+
 /// The two networks, as label values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Net {
@@ -32,8 +41,12 @@ impl Net {
     }
 }
 
+/// Every state of the gradient-health detector, in gauge order.
+pub const HEALTH_STATES: [GradientHealth; 4] =
+    [GradientHealth::Vanishing, GradientHealth::Healthy, GradientHealth::Exploding, GradientHealth::NonFinite];
+
 /// `gandist_gradient_health` encodes the detector's verdict (`crate::health`) as -1 vanishing,
-/// 0 healthy, 1 exploding, 2 non-finite.
+/// 0 healthy, 1 exploding, 2 non-finite. The dashboard maps each value to its name (tested).
 pub fn health_value(state: GradientHealth) -> f64 {
     match state {
         GradientHealth::Vanishing => -1.0,
@@ -67,6 +80,7 @@ pub struct Metrics {
     allreduce_bytes: IntCounterVec,
     world_size: Gauge,
     step: Gauge,
+    target_step: Gauge,
     build_info: GaugeVec,
     eval_fid: Gauge,
     eval_classes_covered: Gauge,
@@ -108,6 +122,7 @@ impl Metrics {
             allreduce_bytes: counters("gandist_allreduce_bytes_total", "Bytes this rank handed to gradient all-reduces.", &["net"])?,
             world_size: gauge("gandist_world_size", "Number of ranks in the run.")?,
             step: gauge("gandist_step", "Generator updates completed (the training iteration).")?,
+            target_step: gauge("gandist_target_step", "Generator updates the run is configured to reach (train.iterations): gandist_step / gandist_target_step is the fraction done.")?,
             build_info: gauges("gandist_build_info", "Constant 1, labelled with the gandist version, collective backend and device.", &["version", "backend", "device"])?,
             eval_fid: gauge("gandist_eval_fid", "Frechet distance of generated to real images at the last evaluation (NaN before one).")?,
             eval_classes_covered: gauge("gandist_eval_classes_covered", "Digit classes a classifier finds among generated images at the last evaluation (NaN before one).")?,
@@ -152,6 +167,10 @@ impl Metrics {
 
     pub fn set_step(&self, step: u64) {
         self.step.set(step as f64);
+    }
+
+    pub fn set_target_step(&self, step: u64) {
+        self.target_step.set(step as f64);
     }
 
     pub fn set_loss(&self, net: Net, term: &str, value: f64) {
@@ -249,12 +268,95 @@ pub(crate) mod tests {
             .collect()
     }
 
+    /// Ports that a GPU cluster node commonly has taken, one per service (see DEFAULT_PORT_BASE).
+    const TAKEN: &[(u16, &str)] = &[
+        (3000, "Grafana"),
+        (4317, "OTLP gRPC"),
+        (4318, "OTLP HTTP"),
+        (5555, "DCGM nv-hostengine"),
+        (6006, "TensorBoard"),
+        (6379, "Ray GCS"),
+        (6817, "slurmctld"),
+        (6818, "slurmd"),
+        (6819, "slurmdbd"),
+        (6820, "slurmrestd"),
+        (8000, "HTTP alternative"),
+        (8080, "HTTP alternative"),
+        (8265, "Ray dashboard"),
+        (8888, "Jupyter"),
+        (9090, "Prometheus"),
+        (9093, "Alertmanager"),
+        (9100, "node_exporter"),
+        (9400, "dcgm-exporter"),
+        (9464, "OpenTelemetry Prometheus exporter"),
+        (9835, "nvidia_gpu_exporter"),
+        (10001, "Ray client"),
+        (10250, "kubelet"),
+        (29400, "torch elastic rendezvous"),
+        (29500, "torchrun MASTER_PORT"),
+    ];
+
+    /// Every value the health gauge can take has a name and colour on the dashboard, and the
+    /// metrics table of docs/monitoring.md lists it.
+    #[test]
+    fn dashboard_and_docs_name_every_gradient_health_state() {
+        let codes: std::collections::BTreeSet<u8> = HEALTH_STATES.iter().map(|s| s.code()).collect();
+        assert_eq!(codes.len(), HEALTH_STATES.len(), "HEALTH_STATES lists each state once");
+        assert_eq!(codes.iter().copied().max(), Some(HEALTH_STATES.len() as u8 - 1), "HEALTH_STATES lists every state");
+        let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+        let dash: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(root.join("monitoring/grafana/dashboards/gandist.json")).unwrap()).unwrap();
+        let panels: Vec<&serde_json::Value> = dash["panels"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|p| p["targets"].as_array().is_some_and(|t| t.iter().any(|t| t["expr"].as_str().unwrap_or("").contains("gandist_gradient_health"))))
+            .collect();
+        assert!(!panels.is_empty(), "no panel shows gandist_gradient_health");
+        let docs = std::fs::read_to_string(root.join("docs/monitoring.md")).unwrap();
+        let row = docs.lines().find(|l| l.starts_with("| `gandist_gradient_health`")).expect("docs list gandist_gradient_health");
+        for p in panels {
+            let mapped: serde_json::Map<String, serde_json::Value> = p["fieldConfig"]["defaults"]["mappings"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .filter(|m| m["type"] == "value")
+                .flat_map(|m| m["options"].as_object().unwrap().clone())
+                .collect();
+            assert_eq!(mapped.len(), HEALTH_STATES.len(), "{}: {mapped:?}", p["title"]);
+            for state in HEALTH_STATES {
+                let key = format!("{}", health_value(state) as i64);
+                let m = mapped.get(&key).unwrap_or_else(|| panic!("{}: value {key} ({}) is not mapped", p["title"], state.as_str()));
+                assert_eq!(m["text"], state.as_str(), "{}", p["title"]);
+                assert!(m["color"].as_str().is_some_and(|c| !c.is_empty()));
+            }
+        }
+        for state in HEALTH_STATES {
+            let entry = format!("{} {}", health_value(state) as i64, state.as_str());
+            assert!(row.replace('−', "-").contains(&entry), "docs/monitoring.md does not list {entry:?}: {row}");
+        }
+    }
+
+    #[test]
+    fn default_ports_of_64_local_ranks_avoid_common_services() {
+        for local_rank in 0..64u16 {
+            let port = DEFAULT_PORT_BASE + local_rank;
+            assert!(!(9100..=9999).contains(&port), "{port} is in the exporters' allocation range");
+            assert!(port < 32768, "{port} is in the ephemeral range");
+            if let Some((_, what)) = TAKEN.iter().find(|(p, _)| *p == port) {
+                panic!("local rank {local_rank} would listen on {port}, the port of {what}");
+            }
+        }
+        assert_eq!(crate::config::MetricsConfig::default().port_base, DEFAULT_PORT_BASE);
+    }
+
     #[test]
     fn families_have_prometheus_names_types_and_labels() {
         let m = Metrics::new(3).unwrap();
         m.set_build_info("0.1.0", "mpi", "cpu");
         m.set_world_size(4);
         m.set_step(7);
+        m.set_target_step(2000);
         m.set_loss(Net::Critic, "gradient_penalty", 0.25);
         m.set_wasserstein(1.5);
         m.set_gp_input_grad_norm(0.9);
@@ -287,6 +389,7 @@ pub(crate) mod tests {
             ("gandist_allreduce_bytes_total", "counter"),
             ("gandist_world_size", "gauge"),
             ("gandist_step", "gauge"),
+            ("gandist_target_step", "gauge"),
             ("gandist_build_info", "gauge"),
             ("gandist_eval_fid", "gauge"),
             ("gandist_eval_classes_covered", "gauge"),
@@ -322,6 +425,7 @@ pub(crate) mod tests {
         assert_eq!(s("gandist_gradient_health", &[("net", "critic")]), 0.0);
         assert_eq!(s("gandist_world_size", &[]), 4.0);
         assert_eq!(s("gandist_step", &[]), 7.0);
+        assert_eq!(s("gandist_target_step", &[]), 2000.0);
         assert_eq!(s("gandist_build_info", &[("version", "0.1.0"), ("backend", "mpi"), ("device", "cpu")]), 1.0);
         assert!(s("gandist_eval_fid", &[]).is_nan(), "no evaluation yet");
         m.set_eval_scores(100, Some(12.5), None);

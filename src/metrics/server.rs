@@ -51,7 +51,7 @@ impl Server {
                         .await
                 });
                 if let Err(e) = served {
-                    eprintln!("metrics server on {addr} stopped: {e}");
+                    tracing::error!("metrics server on {addr} stopped: {e}");
                 }
                 let _ = done_tx.send(());
             })

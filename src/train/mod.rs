@@ -51,17 +51,31 @@ pub enum Outcome {
     Stopped(i32),
 }
 
-/// CPU threads per rank: the configured number, else the cores shared among this node's ranks.
-fn threads_per_rank(cfg: &Config) -> i32 {
+/// libtorch's CPU threads for this rank: `train.threads` when set, else the cores of this
+/// process's affinity mask divided among the ranks on this node that have the same mask (all
+/// of them when nothing binds, one when the launcher gave each rank cores of its own). Also on
+/// GPU runs, where the CPU still draws noise and stages data. libtorch's own default depends
+/// on the launcher (every core in a plain process, 1 under mpirun), not on the cores a rank
+/// has. A collective when the count is not configured. Returns the count and how it was
+/// chosen, for the log.
+pub fn threads_per_rank(cfg: &Config, comm: &dyn Collective) -> Result<(i32, String)> {
     if cfg.train.threads > 0 {
-        return cfg.train.threads;
+        return Ok((cfg.train.threads, "train.threads".into()));
     }
-    let cores = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
-    let local_ranks: usize = ["OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"]
-        .iter()
-        .find_map(|v| std::env::var(v).ok()?.parse().ok())
-        .unwrap_or(1);
-    (cores / local_ranks.max(1)).max(1) as i32
+    let cpus = crate::cpus::allowed()?;
+    let key = crate::cpus::share_key(&cpus);
+    let sharing = comm.all_gather_u64(key)?.iter().filter(|&&k| k == key).count();
+    let n = crate::cpus::threads_for(cpus.len(), sharing);
+    let how = format!("affinity mask of {} CPU(s), shared by {sharing} rank(s) on this node", cpus.len());
+    Ok((n as i32, how))
+}
+
+/// Sets libtorch's thread count for this rank (see `threads_per_rank`) and logs it.
+pub fn set_threads(cfg: &Config, comm: &dyn Collective) -> Result<()> {
+    let (n, how) = threads_per_rank(cfg, comm)?;
+    tch::set_num_threads(n);
+    tracing::info!("libtorch CPU threads: {n} ({how})");
+    Ok(())
 }
 
 /// Installs SIGTERM/SIGINT handlers that only set a flag; the loop acts on it at a safe point.
@@ -87,7 +101,7 @@ fn stop_flag(grace: std::time::Duration) -> Result<(Arc<AtomicBool>, Arc<AtomicI
         }
         std::thread::sleep(grace);
         let sig = w.load(Ordering::SeqCst);
-        eprintln!("error: still running {grace:?} after signal {sig} (train.stop_grace_seconds): exiting without a final checkpoint");
+        tracing::error!("still running {grace:?} after signal {sig} (train.stop_grace_seconds): exiting without a final checkpoint");
         std::process::exit(128 + sig);
     });
     Ok((flag, which))
@@ -108,7 +122,8 @@ fn prepare_run_dir(dir: &Path) -> Result<()> {
 /// Trains `cfg` and returns how the run ended. Runs on every rank.
 pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     let started = dist::init(&cfg.dist, &cfg.train.device)?;
-    eprintln!("{}", started.report);
+    crate::logging::set_rank(started.comm.rank());
+    tracing::info!("{}", started.report);
     let comm: Rc<dyn Collective> = Rc::from(started.comm);
     let result = run_with(cfg, opts, comm.clone(), started.device);
     dist::or_abort(comm.as_ref(), result)
@@ -168,9 +183,8 @@ impl std::fmt::Display for ReadTally {
 fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: Device) -> Result<Outcome> {
     let rank = comm.rank();
     let is_root = rank == 0;
-    if device == Device::Cpu {
-        tch::set_num_threads(threads_per_rank(&cfg));
-    }
+    crate::logging::set_rank(rank);
+    set_threads(&cfg, comm.as_ref())?;
     let ckpt_root = opts.run_dir.join("checkpoints");
     if is_root {
         prepare_run_dir(&opts.run_dir)?;
@@ -186,6 +200,9 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         true => Some(observe::Monitor::start(&cfg.metrics, comm.as_ref(), device, &opts.run_dir)?),
         false => None,
     };
+    if let Some(m) = &monitor {
+        m.metrics.set_target_step(cfg.train.iterations);
+    }
     let mut mnist = Mnist::load(&opts.data_dir, Split::Train)?;
     mnist.truncate(cfg.data.limit);
     let data = DeviceImages::from_mnist(&mnist, device)?;
@@ -209,10 +226,10 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
                 trainer.health_g.restore(h);
             }
             if is_root {
-                eprintln!("resumed from {} at step {}", l.dir.display(), l.meta.step);
+                tracing::info!("resumed from {} at step {}", l.dir.display(), l.meta.step);
             }
         } else if is_root {
-            eprintln!("no checkpoint in {}: starting from scratch", ckpt_root.display());
+            tracing::info!("no checkpoint in {}: starting from scratch", ckpt_root.display());
         }
     }
     trainer.broadcast_state()?;
@@ -229,8 +246,7 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
     };
     let (stop, which_signal) = stop_flag(std::time::Duration::from_secs_f64(cfg.train.stop_grace_seconds))?;
     let fixed_noise = trainer.fixed_noise(64);
-    let interactive = std::io::stderr().is_terminal() && is_root;
-    let bar = progress_bar(interactive, cfg.train.iterations, trainer.step);
+    let progress = is_root.then(|| Progress::new(std::io::stderr().is_terminal(), cfg.train.iterations, trainer.step));
     let images_per_iteration = (cfg.data.batch_size as u64 * cfg.train.n_critic) as f64;
     let mut window_start = (Instant::now(), trainer.step);
     let run_start = Instant::now();
@@ -251,8 +267,8 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         let due = Due::at(step, &cfg, stopping);
         if !due.sync() {
             reads.between += crate::hostread::count() - reads_before;
-            if let Some(b) = &bar {
-                b.set_position(step);
+            if let Some(p) = &progress {
+                p.bar.set_position(step);
             }
             continue;
         }
@@ -281,6 +297,9 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         }
         let last = iterations.last().expect("a sync follows at least one iteration");
         let (critic_stats, g_stats) = (&last.critic, &last.generator);
+        if let Some(p) = &progress {
+            p.bar.set_position(step);
+        }
         let last_d = critic_stats.last().expect("n_critic >= 1");
         // Rank 0 alone evaluates; the others wait for it at the barrier below.
         let quality = match &evaluator {
@@ -302,15 +321,9 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
             if let Some(log) = log.as_mut() {
                 log.write(&record)?;
             }
-            let line = progress_line(&record);
-            match &bar {
-                Some(b) => b.set_message(line),
-                None if is_root => eprintln!("step {step}/{} {line}", cfg.train.iterations),
-                None => {}
+            if let Some(p) = &progress {
+                p.report(progress_line(&record));
             }
-        }
-        if let Some(b) = &bar {
-            b.set_position(step);
         }
         if is_root && due.samples {
             write_samples(&trainer, &fixed_noise, &opts.run_dir, step)?;
@@ -326,7 +339,7 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         if stopping {
             let sig = which_signal.load(Ordering::SeqCst);
             if is_root {
-                eprintln!("stop requested (signal {sig} on some rank): checkpoint written at step {step}");
+                tracing::info!("stop requested (signal {sig} on some rank): checkpoint written at step {step}");
             }
             outcome = Outcome::Stopped(if sig == 0 { signal_hook::consts::SIGTERM } else { sig });
             break;
@@ -335,12 +348,12 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
             trainer.comm.barrier()?;
         }
     }
-    if let Some(b) = bar {
-        b.finish();
+    if let Some(p) = progress {
+        p.finish();
     }
     if is_root && outcome == Outcome::Finished {
         let secs = run_start.elapsed().as_secs_f64();
-        eprintln!(
+        tracing::info!(
             "finished {} iterations ({} this run) in {:.1} s; run directory {}",
             trainer.step,
             trainer.step - start_step,
@@ -349,7 +362,7 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
         );
     }
     if is_root {
-        eprintln!("{reads}");
+        tracing::info!("{reads}");
     }
     trainer.comm.barrier()?;
     if let Some(m) = monitor {
@@ -358,8 +371,8 @@ fn run_with(cfg: Config, opts: &RunOptions, comm: Rc<dyn Collective>, device: De
     if is_root {
         // The curves without any server; a failure here must not fail a finished run.
         match crate::plot::write_run_plots(&opts.run_dir) {
-            Ok(files) => eprintln!("plots: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")),
-            Err(e) => eprintln!("warning: cannot write plots: {e:#}"),
+            Ok(files) => tracing::info!("plots: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")),
+            Err(e) => tracing::warn!("cannot write plots: {e:#}"),
         }
     }
     Ok(outcome)
@@ -383,17 +396,56 @@ fn evaluate(ev: &crate::eval::Evaluator, t: &Trainer, cfg: &Config) -> Result<Ma
     Ok(m)
 }
 
-fn progress_bar(interactive: bool, total: u64, pos: u64) -> Option<indicatif::ProgressBar> {
-    if !interactive {
-        return None;
+/// Rank 0's progress: a bar on a terminal; elsewhere (a file, `sbatch` output) a log line per
+/// logged step. indicatif keeps the elapsed time and the estimate of the time left for both.
+struct Progress {
+    bar: indicatif::ProgressBar,
+    interactive: bool,
+}
+
+impl Progress {
+    fn new(interactive: bool, total: u64, start: u64) -> Progress {
+        let bar = match interactive {
+            true => indicatif::ProgressBar::new(total),
+            false => indicatif::ProgressBar::with_draw_target(Some(total), indicatif::ProgressDrawTarget::hidden()),
+        };
+        bar.set_style(
+            indicatif::ProgressStyle::with_template("{pos}/{len} {bar:25} {elapsed_precise} ETA {eta_precise} {msg}")
+                .expect("static template"),
+        );
+        bar.set_position(start);
+        // A resumed run starts at its checkpoint's step: that jump is not this run's speed.
+        bar.reset_eta();
+        Progress { bar, interactive }
     }
-    let bar = indicatif::ProgressBar::new(total);
-    bar.set_style(
-        indicatif::ProgressStyle::with_template("{pos}/{len} {bar:25} {elapsed_precise} ETA {eta_precise} {msg}")
-            .expect("static template"),
-    );
-    bar.set_position(pos);
-    Some(bar)
+
+    fn report(&self, line: String) {
+        if self.interactive {
+            self.bar.set_message(line);
+        } else {
+            let (pos, len) = (self.bar.position(), self.bar.length().unwrap_or(0));
+            tracing::info!("{} {line}", progress_prefix(pos, len, self.bar.elapsed(), self.bar.eta()));
+        }
+    }
+
+    fn finish(self) {
+        if self.interactive {
+            self.bar.finish();
+        }
+    }
+}
+
+/// `step 120/2000 (6.0%) elapsed 0:01:05 ETA 0:17:02`: what a batch log needs to tell how far
+/// a run is and when it will end.
+fn progress_prefix(step: u64, total: u64, elapsed: std::time::Duration, eta: std::time::Duration) -> String {
+    let pct = if total == 0 { 100.0 } else { 100.0 * step as f64 / total as f64 };
+    format!("step {step}/{total} ({pct:.1}%) elapsed {} ETA {}", clock(elapsed), clock(eta))
+}
+
+/// `h:mm:ss`, hours unbounded.
+fn clock(d: std::time::Duration) -> String {
+    let s = d.as_secs();
+    format!("{}:{:02}:{:02}", s / 3600, s / 60 % 60, s % 60)
 }
 
 fn log_record(t: &Trainer, d: &UpdateStats, g: &UpdateStats, all_d: &[UpdateStats], rate: f64, elapsed: f64) -> Map<String, Value> {
@@ -474,7 +526,7 @@ fn save_checkpoint(t: &Trainer, root: &Path, cfg: &Config) -> Result<()> {
     let state = t.export_state()?;
     if let Some((name, _)) = state.iter().find(|(_, (_, v))| v.iter().any(|x| !x.is_finite())) {
         // Never persist a poisoned state; the previous checkpoint stays the newest.
-        eprintln!("warning: not writing the checkpoint at step {}: tensor {name} holds non-finite values", t.step);
+        tracing::warn!("not writing the checkpoint at step {}: tensor {name} holds non-finite values", t.step);
         return Ok(());
     }
     let mut extra = std::collections::BTreeMap::new();
@@ -523,7 +575,7 @@ fn rollback(t: &mut Trainer, root: &Path, cfg: &Config, n: u32, streak: u64) -> 
     t.set_lr_scale(scale);
     t.consecutive_skips = (0, 0);
     if t.comm.rank() == 0 {
-        eprintln!(
+        tracing::warn!(
             "rolled back to step {} after {streak} consecutive non-finite updates; learning rates now x{scale}",
             l.meta.step
         );

@@ -59,12 +59,15 @@ pub struct Monitor {
     server: Server,
     /// Rank 0's targets file, emptied at a clean end.
     targets_file: Option<PathBuf>,
+    /// Rank 0's file in `metrics.sd_dir`, removed at a clean end.
+    shared_file: Option<PathBuf>,
 }
 
 impl Monitor {
     /// Starts the exporter (failing when its port is taken), then gathers every rank's address
-    /// and has rank 0 write `<run_dir>/prometheus-targets.json`. A collective: every rank calls
-    /// it, and only when `cfg.enabled`.
+    /// and node and has rank 0 write `<run_dir>/prometheus-targets.json` and, with
+    /// `metrics.sd_dir`, the run's file there. A collective: every rank calls it, and only when
+    /// `cfg.enabled`.
     pub fn start(cfg: &MetricsConfig, comm: &dyn Collective, device: Device, run_dir: &Path) -> Result<Monitor> {
         let rank = comm.rank();
         let port = exporter_port(cfg.port_base, comm.local_rank())?;
@@ -78,17 +81,24 @@ impl Monitor {
         })?;
         metrics.set_build_info(env!("CARGO_PKG_VERSION"), comm.backend_name(), &device_label(device));
         metrics.set_world_size(comm.world_size());
-        let all = targets::gather(comm, &targets::advertised_host(&cfg.host), server.addr().port())?;
-        let targets_file = if rank == 0 {
+        let all = targets::gather(comm, &targets::advertised_host(&cfg.host), server.addr().port(), &targets::this_node())?;
+        let (mut targets_file, mut shared_file) = (None, None);
+        if rank == 0 {
             let path = run_dir.join(targets::FILE_NAME);
             let run = run_dir.file_name().map(|n| n.to_string_lossy().to_string()).unwrap_or_default();
-            targets::write(&path, &all, &run)?;
-            eprintln!("metrics: ranks serve {}; Prometheus targets in {}", list(&all), path.display());
-            Some(path)
-        } else {
-            None
-        };
-        Ok(Monitor { metrics, server, targets_file })
+            let labels = targets::RunLabels::from_env(&run);
+            let mut listed = path.display().to_string();
+            if !cfg.sd_dir.is_empty() {
+                let shared = targets::write_shared(Path::new(&cfg.sd_dir), &all, &labels)?;
+                listed = format!("{listed} and {}", shared.display());
+                shared_file = Some(shared);
+            }
+            // Last: once this file lists the ranks, every targets file is in place.
+            targets::write(&path, &all, &labels)?;
+            targets_file = Some(path);
+            tracing::info!("metrics: ranks serve {}; Prometheus targets in {listed}", list(&all));
+        }
+        Ok(Monitor { metrics, server, targets_file, shared_file })
     }
 
     /// Records one iteration: its critic updates, then its generator update.
@@ -141,11 +151,15 @@ impl Monitor {
         self.server.addr()
     }
 
-    /// At a clean end (finished or stopped on request): rank 0 empties the targets file, so that
-    /// alerting does not take the ended processes for ranks that died.
+    /// At a clean end (finished or stopped on request): rank 0 empties the targets file and
+    /// removes its file from `metrics.sd_dir`, so that alerting does not take the ended
+    /// processes for ranks that died.
     pub fn finish(self) -> Result<()> {
         if let Some(p) = &self.targets_file {
             targets::clear(p)?;
+        }
+        if let Some(p) = &self.shared_file {
+            std::fs::remove_file(p).with_context(|| format!("cannot remove {} from metrics.sd_dir", p.display()))?;
         }
         Ok(())
     }
@@ -161,8 +175,8 @@ mod tests {
 
     #[test]
     fn ports_are_base_plus_local_rank_or_any() {
-        assert_eq!(exporter_port(9400, 0).unwrap(), 9400);
-        assert_eq!(exporter_port(9400, 3).unwrap(), 9403);
+        assert_eq!(exporter_port(19400, 0).unwrap(), 19400);
+        assert_eq!(exporter_port(19400, 3).unwrap(), 19403);
         assert_eq!(exporter_port(0, 3).unwrap(), 0);
         let e = exporter_port(65535, 1).unwrap_err().to_string();
         assert!(e.contains("metrics.port_base = 65535"), "{e}");

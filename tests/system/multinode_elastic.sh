@@ -22,7 +22,7 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . launch/env.sh
 . tests/system/lib/nodes.sh
-. tests/system/lib/slurm-cluster.sh
+. tests/system/lib/slurm-nodes.sh
 . tests/system/lib/checkpoints.sh
 BIN="${GANDIST_BIN:-$PWD/target/debug/gandist}"
 DATA="${GANDIST_TEST_DATA:-$PWD/data/mnist}"

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# A real multi-node Slurm cluster on one machine (lib/nodes.sh, lib/slurm-cluster.sh): slurmctld
+# A real multi-node Slurm cluster on one machine (lib/nodes.sh, lib/slurm-nodes.sh): slurmctld
 # and a real Prometheus on the head node, one slurmd per compute node with its own NodeName,
 # NodeAddr, spool and log. With the project's launch/slurm/gandist.sbatch it checks that
 #   - `sbatch --nodes=2 --ntasks-per-node=2` trains across both nodes and ends with the
@@ -15,7 +15,7 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . launch/env.sh
 . tests/system/lib/nodes.sh
 . tests/system/lib/checkpoints.sh
-. tests/system/lib/slurm-cluster.sh
+. tests/system/lib/slurm-nodes.sh
 BIN="${GANDIST_BIN:-$PWD/target/debug/gandist}"
 DATA="${GANDIST_TEST_DATA:-$PWD/data/mnist}"
 [ -x "$BIN" ] || cargo build --bin gandist

@@ -1,80 +1,38 @@
 #!/usr/bin/env bash
-# Starts a single-node Slurm cluster (munge, slurmctld, slurmd) from Debian's packages, runs the
-# project's own launch/slurm/gandist.sbatch for a 2-rank training, checks the checkpoint it
-# wrote, and stops every daemon it started by pid.
+# Starts a private single-node Slurm cluster (munge, slurmctld, slurmd; tests/system/lib/
+# slurm-local.sh), checks that both shipped batch scripts (CPU and GPU) pass
+# `sbatch --test-only` and that it would refuse a GPU request the node cannot meet, runs
+# launch/slurm/gandist.sbatch for a 2-rank training, checks the checkpoint it wrote, preempts
+# a second job with SIGTERM, and stops every daemon it started by pid.
+# (The time-limit requeue has its own test: tests/system/slurm-requeue.sh.)
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 . launch/env.sh
+. tests/system/lib/slurm-local.sh
 bin="$PWD/target/debug/gandist"
 data="${GANDIST_TEST_DATA:-$PWD/data/mnist}"
+[ -x "$bin" ] || cargo build --bin gandist
 tmp="$(mktemp -d /tmp/gandist-slurm.XXXXXX)"
-pids=()
 cleanup() {
-  for p in "${pids[@]}"; do kill "$p" 2>/dev/null || true; done
-  for p in "${pids[@]}"; do
-    for _ in $(seq 20); do kill -0 "$p" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$p" 2>/dev/null || true
-    wait "$p" 2>/dev/null || true
-  done
-  pkill -f "munged --foreground" 2>/dev/null || true
+  slurm_stop
   rm -rf "$tmp"
 }
 trap cleanup EXIT
+slurm_start "$tmp/cluster"
 
-host="$(hostname -s)"
-mkdir -p "$tmp/state" "$tmp/spool" "$tmp/log"
-cat > "$tmp/slurm.conf" <<CONF
-ClusterName=gandist-test
-SlurmctldHost=$host(127.0.0.1)
-SlurmUser=root
-SlurmdUser=root
-AuthType=auth/munge
-StateSaveLocation=$tmp/state
-SlurmdSpoolDir=$tmp/spool
-SlurmctldPidFile=$tmp/slurmctld.pid
-SlurmdPidFile=$tmp/slurmd.pid
-SlurmctldLogFile=$tmp/log/slurmctld.log
-SlurmdLogFile=$tmp/log/slurmd.log
-ProctrackType=proctrack/linuxproc
-TaskPlugin=task/none
-SelectType=select/cons_tres
-SelectTypeParameters=CR_Core
-MpiDefault=pmix
-SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
-MinJobAge=4
-ReturnToService=2
-AccountingStorageType=accounting_storage/none
-JobAcctGatherType=jobacct_gather/none
-NodeName=$host NodeAddr=127.0.0.1 CPUs=$(nproc) State=UNKNOWN
-PartitionName=test Nodes=$host Default=YES MaxTime=INFINITE State=UP OverSubscribe=YES
-CONF
-export SLURM_CONF="$tmp/slurm.conf"
-
-# munge: reuse a running daemon, else start one as the munge user.
-if ! munge -n </dev/null >/dev/null 2>&1; then
-  mkdir -p /run/munge /var/log/munge /var/lib/munge
-  chown munge:munge /run/munge /var/log/munge /var/lib/munge 2>/dev/null || true
-  [ -s /etc/munge/munge.key ] || { mungekey --create 2>/dev/null || create-munge-key -f; chown munge:munge /etc/munge/munge.key; chmod 400 /etc/munge/munge.key; }
-  runuser -u munge -- /usr/sbin/munged --foreground >"$tmp/log/munged.log" 2>&1 &
-  pids+=($!)
-  for _ in $(seq 50); do munge -n </dev/null >/dev/null 2>&1 && break; sleep 0.1; done
-fi
-munge -n </dev/null | unmunge >/dev/null || { echo "munge does not work"; exit 1; }
-
-/usr/sbin/slurmctld -D -c -f "$SLURM_CONF" >"$tmp/log/slurmctld.out" 2>&1 &
-pids+=($!)
-/usr/sbin/slurmd -D -f "$SLURM_CONF" >"$tmp/log/slurmd.out" 2>&1 &
-pids+=($!)
-state=""
-for _ in $(seq 150); do
-  state="$(sinfo -h -o %T 2>/dev/null || true)"
-  [ "$state" = idle ] && break
-  sleep 0.2
+# Both batch scripts as shipped: their #SBATCH lines parse and fit a node with 8 GPUs and 64
+# CPUs; the same GPU script asking for more GPUs than a node has is refused, so the check
+# reads the GPU request.
+for script in launch/slurm/gandist.sbatch launch/slurm/gandist-gpu.sbatch; do
+  bash -n "$script" || { echo "FAIL: $script has a shell syntax error"; exit 1; }
+  msg="$(sbatch --test-only "$script" 2>&1)" || { echo "FAIL: sbatch --test-only $script: $msg"; exit 1; }
+  case "$msg" in *"to start at"*) echo "ok: sbatch --test-only $script: $msg" ;; *) echo "FAIL: sbatch --test-only $script: $msg"; exit 1 ;; esac
 done
-if [ "$state" != idle ]; then
-  echo "slurm node not idle (state '$state')"; cat "$tmp/log/"*; exit 1
+grep -q '^#SBATCH --gpus-per-node=8' launch/slurm/gandist-gpu.sbatch || { echo "FAIL: the GPU script asks for no GPUs"; exit 1; }
+if msg="$(sbatch --test-only --gpus-per-node=9 launch/slurm/gandist-gpu.sbatch 2>&1)"; then
+  echo "FAIL: sbatch --test-only accepted 9 GPUs per node on an 8-GPU node: $msg"; exit 1
 fi
-echo "slurm: node $host idle"
+echo "ok: 9 GPUs per node refused: $msg"
 
 run="$tmp/run"
 set +e
