@@ -69,7 +69,8 @@ step() {
   shift 2
   timeout "$limit" "$@" >"$log" 2>&1
 }
-last_line() { grep -h "$1" "$2" 2>/dev/null | tail -n 1; }
+# The last line of a log matching a pattern, without gandist's log prefix (time, level, rank).
+last_line() { sed -E 's/^[0-9]{4}-[0-9T:.-]+Z +[A-Z]+ rank=[0-9?]+: //' "$2" 2>/dev/null | grep -h "$1" | tail -n 1; }
 
 # Device.
 if [ "$MODE" = cuda ]; then

@@ -147,6 +147,7 @@ enum Command {
     /// and on NCCL the abort path (for launch/gpu-check.sh); non-zero exit on any failure.
     #[command(hide = true)]
     SelftestCollectives {
+        /// The device: auto, cpu, cuda or cuda:N (as train.device).
         #[arg(long, default_value = "auto")]
         device: String,
         /// Overrides such as dist.backend="nccl" (repeatable).

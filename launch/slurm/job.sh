@@ -26,6 +26,8 @@
 #            after a requeue, never shared by two jobs of the same name)
 #   DATA     the MNIST folder    (default: $GANDIST_DATA, else data/mnist), on shared storage
 #   GANDIST_STOP_WAIT  seconds to wait for the ranks' checkpoint before requeueing (120)
+#   GANDIST_MAX_RESTARTS  elastic restarts inside the allocation when a node dies (default 0:
+#            none); submit with `sbatch --no-kill` so that the allocation outlives the node
 # Arguments: gandist_job_run EXTRA_TRAIN_ARGS... (the batch script's own, then the user's).
 
 gandist_log() { echo "$(date -u +%Y-%m-%dT%H:%M:%SZ) gandist batch: $*"; }
@@ -79,8 +81,16 @@ gandist_job_run() {
   }
   trap gandist_sigterm TERM
 
-  srun --mpi=pmix --kill-on-bad-exit=1 "$GANDIST" train --config "$CONFIG" --data "$DATA" \
-    --run-dir "$RUN_DIR" --resume auto "$@" &
+  if [ "${GANDIST_MAX_RESTARTS:-0}" -gt 0 ]; then
+    # Elastic: when a node dies, start again from the newest checkpoint on the allocation's
+    # nodes that still answer (launch/elastic.sh; needs `sbatch --no-kill`, else Slurm ends
+    # the whole job with the node). The ranks' SIGTERM exit (143) still means "stop".
+    GANDIST="$GANDIST" bash launch/elastic.sh --slurm --max-restarts "$GANDIST_MAX_RESTARTS" -- \
+      --config "$CONFIG" --data "$DATA" --run-dir "$RUN_DIR" "$@" &
+  else
+    srun --mpi=pmix --kill-on-bad-exit=1 "$GANDIST" train --config "$CONFIG" --data "$DATA" \
+      --run-dir "$RUN_DIR" --resume auto "$@" &
+  fi
   srun_pid=$!
   # `wait` returns early whenever a trapped signal arrives: wait again until srun has ended.
   local rc=0

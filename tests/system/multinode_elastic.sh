@@ -11,7 +11,7 @@
 #   1. mpirun mode: --hostfile with 2 slots on the first node and 1 on the second, global batch
 #      9; the probe goes through the nodes' ssh stand-in. The 2 slots that remain do not divide
 #      the global batch, so the restart must take 1 rank.
-#   2. Slurm mode: a 2-node `sbatch --no-kill` job (lib/elastic.sbatch) on a real multi-node
+#   2. Slurm mode: a 2-node `sbatch --no-kill` job (launch/slurm/gandist.sbatch with GANDIST_MAX_RESTARTS) on a real multi-node
 #      Slurm cluster; the job itself ends COMPLETED on the remaining node.
 #   3. A failure that a restart cannot cure (a bad configuration, every host answering) is not
 #      retried.
@@ -164,9 +164,10 @@ say "2. Slurm: sbatch --no-kill, 2 nodes x 1 task; gde2 dies mid-run"
 node_restore gde2
 slurm_cluster_up
 export OMPI_MCA_btl=tcp,self OMPI_MCA_btl_tcp_if_include="$NODES_SUBNET.0/24"
-job=$(GANDIST="$BIN" CONFIG=configs/smoke.toml DATA="$DATA" RUN_DIR="$work/slurm" \
+# The project's own batch script, made elastic by GANDIST_MAX_RESTARTS (launch/slurm/job.sh).
+job=$(GANDIST="$BIN" CONFIG=configs/smoke.toml DATA="$DATA" RUN_DIR="$work/slurm" GANDIST_MAX_RESTARTS=2 \
   sbatch --parsable --no-kill --nodes=2 --ntasks-per-node=1 --cpus-per-task=1 --overcommit --time=10 \
-  --output="$work/slurm.out" tests/system/lib/elastic.sbatch "${train_sets[@]}")
+  --output="$work/slurm.out" launch/slurm/gandist.sbatch "${train_sets[@]}")
 killed_at="$(kill_node_mid_run "$work/slurm" gde2 "[ -n \"\$(squeue -h -j $job 2>/dev/null)\" ]")"
 died=$SECONDS
 echo "gde2 powered off at checkpoint step $killed_at"
