@@ -147,6 +147,7 @@ enum Command {
     /// and on NCCL the abort path (for launch/gpu-check.sh); non-zero exit on any failure.
     #[command(hide = true)]
     SelftestCollectives {
+        /// cpu, cuda, cuda:N or auto (train.device).
         #[arg(long, default_value = "auto")]
         device: String,
         /// Overrides such as dist.backend="nccl" (repeatable).
