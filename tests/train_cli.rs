@@ -134,7 +134,11 @@ fn host_reads_happen_at_sync_steps_only() {
     let run = tmp.path().join("run");
     let sets = ["--set", "train.iterations=9", "--set", "train.log_every=3", "--set", "train.sample_every=9", "--set", "train.checkpoint_every=9"];
     let out = ok(&train_args(run.to_str().unwrap(), data.to_str().unwrap(), &sets));
-    let line = out.lines().find(|l| l.starts_with("host reads of device data:")).unwrap_or_else(|| panic!("no host-read line in {out}"));
+    // The message after the log line's time, level and rank.
+    let line = out
+        .lines()
+        .find_map(|l| l.find("host reads of device data:").map(|at| &l[at..]))
+        .unwrap_or_else(|| panic!("no host-read line in {out}"));
     assert!(line.ends_with("at 3 sync steps, 0 between them"), "{line}");
     let at_sync: u64 = line.split_whitespace().nth(5).unwrap().parse().unwrap();
     assert!(at_sync >= 3, "{line}");
