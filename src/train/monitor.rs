@@ -102,6 +102,24 @@ impl Monitor {
         }
         m.set_step(t.counters.step);
     }
+
+    /// The exporter's address.
+    pub fn addr(&self) -> std::net::SocketAddr {
+        self.server.addr()
+    }
+
+    /// At a clean end (finished or stopped on request): rank 0 empties the targets file and
+    /// removes its file from `metrics.sd_dir`, so that alerting does not take the ended
+    /// processes for ranks that died.
+    pub fn finish(self) -> Result<()> {
+        if let Some(p) = &self.targets_file {
+            targets::clear(p)?;
+        }
+        if let Some(p) = &self.shared_file {
+            std::fs::remove_file(p).with_context(|| format!("cannot remove {} from metrics.sd_dir", p.display()))?;
+        }
+        Ok(())
+    }
 }
 
 /// One update's values into the metrics of its network.
@@ -123,26 +141,6 @@ fn record_update(m: &Metrics, net: Net, s: &UpdateStats, lr: f64) {
     }
     m.add_allreduce_bytes(net, s.allreduce_bytes);
     m.set_learning_rate(net, lr);
-}
-
-impl Monitor {
-    /// The exporter's address.
-    pub fn addr(&self) -> std::net::SocketAddr {
-        self.server.addr()
-    }
-
-    /// At a clean end (finished or stopped on request): rank 0 empties the targets file and
-    /// removes its file from `metrics.sd_dir`, so that alerting does not take the ended
-    /// processes for ranks that died.
-    pub fn finish(self) -> Result<()> {
-        if let Some(p) = &self.targets_file {
-            targets::clear(p)?;
-        }
-        if let Some(p) = &self.shared_file {
-            std::fs::remove_file(p).with_context(|| format!("cannot remove {} from metrics.sd_dir", p.display()))?;
-        }
-        Ok(())
-    }
 }
 
 fn list(targets: &[targets::Target]) -> String {
@@ -196,5 +194,4 @@ mod tests {
         assert_eq!(v("gandist_step_phase_seconds_count", &[critic, ("phase", "optimizer")]), 2.0);
         assert!((v("gandist_step_phase_seconds_sum", &[critic, ("phase", "backward")]) - 0.003).abs() < 1e-12);
     }
-
 }
