@@ -6,7 +6,8 @@
 //! each run's newest checkpoint (classifier FID and class coverage).
 
 use crate::config::{Backend, Config};
-use crate::runlog;
+use crate::model::Net;
+use crate::scalar_log::{self as log, number};
 use crate::train::{self, RunOptions};
 use anyhow::{bail, Context, Result};
 use serde_json::{Map, Value};
@@ -98,7 +99,12 @@ pub fn description(text: &str) -> String {
 
 pub fn run(opts: &AblateOptions) -> Result<Vec<RunSummary>> {
     let configs = configs_in(&opts.dir)?;
-    let evaluator = load_evaluator(opts)?;
+    // The classifier for the quality column, checked before any training: one named with
+    // --classifier must be there; at the default place a missing file leaves the column empty.
+    let evaluator = match opts.classifier_given {
+        true => Some(crate::eval::Evaluator::load(&opts.classifier, tch::Device::Cpu)?),
+        false => crate::eval::Evaluator::load_if_present(&opts.classifier, tch::Device::Cpu)?,
+    };
     // Validate every configuration before spending time on training.
     let mut loaded = Vec::new();
     for p in &configs {
@@ -145,7 +151,7 @@ pub fn run(opts: &AblateOptions) -> Result<Vec<RunSummary>> {
 }
 
 fn num(r: &Map<String, Value>, k: &str) -> f64 {
-    r.get(k).and_then(|v| v.as_f64()).unwrap_or(f64::NAN)
+    number(r, k).unwrap_or(f64::NAN)
 }
 
 fn count(r: &Map<String, Value>, k: &str) -> u64 {
@@ -153,25 +159,26 @@ fn count(r: &Map<String, Value>, k: &str) -> u64 {
 }
 
 /// Reads a run's scalar log. A missing norm (a skipped, non-finite update) reads as NaN.
-pub fn summarize(name: &str, desc: &str, cfg: &Config, log: &Path) -> Result<RunSummary> {
-    let records = if log.exists() { runlog::read(log)? } else { Vec::new() };
+pub fn summarize(name: &str, desc: &str, cfg: &Config, log_file: &Path) -> Result<RunSummary> {
+    let records = if log_file.exists() { log::read(log_file)? } else { Vec::new() };
     let last = records.last().cloned().unwrap_or_default();
+    let norms = |net: Net| records.iter().map(|r| num(r, &log::grad_norm(net))).collect();
     Ok(RunSummary {
         name: name.to_string(),
         description: desc.to_string(),
-        iterations: count(&last, "step"),
-        seconds: num(&last, "elapsed_seconds"),
-        final_d_loss: num(&last, "d_loss"),
-        final_g_loss: num(&last, "g_loss"),
-        d_norms: records.iter().map(|r| num(r, "d_grad_norm")).collect(),
-        g_norms: records.iter().map(|r| num(r, "g_grad_norm")).collect(),
-        nonfinite_updates: count(&last, "skipped_updates"),
-        g_vanishing_updates: count(&last, "g_vanishing_updates"),
-        d_vanishing_updates: count(&last, "d_vanishing_updates"),
-        d_exploding_updates: count(&last, "d_exploding_updates"),
-        g_exploding_updates: count(&last, "g_exploding_updates"),
+        iterations: count(&last, log::STEP),
+        seconds: num(&last, log::ELAPSED_SECONDS),
+        final_d_loss: num(&last, log::D_LOSS.key),
+        final_g_loss: num(&last, log::G_LOSS.key),
+        d_norms: norms(Net::Critic),
+        g_norms: norms(Net::Generator),
+        nonfinite_updates: count(&last, log::SKIPPED_UPDATES),
+        g_vanishing_updates: count(&last, &log::vanishing_updates(Net::Generator)),
+        d_vanishing_updates: count(&last, &log::vanishing_updates(Net::Critic)),
+        d_exploding_updates: count(&last, &log::exploding_updates(Net::Critic)),
+        g_exploding_updates: count(&last, &log::exploding_updates(Net::Generator)),
         explode_threshold: cfg.health.explode_threshold,
-        error: if records.is_empty() { Some(format!("no scalar log at {}", log.display())) } else { None },
+        error: if records.is_empty() { Some(format!("no scalar log at {}", log_file.display())) } else { None },
         quality: Quality::Missing("not scored".into()),
     })
 }
@@ -181,8 +188,8 @@ pub fn summarize(name: &str, desc: &str, cfg: &Config, log: &Path) -> Result<Run
 /// Quality is an addition to the report: a missing classifier or checkpoint is written into the
 /// table instead of failing the ablation.
 fn score(opts: &AblateOptions, evaluator: Option<&crate::eval::Evaluator>, runs: &mut [RunSummary]) {
-    use crate::checkpoint::{self, GeneratorWeights};
     use crate::eval;
+    use crate::train::snapshot::{load_generator, GeneratorWeights};
     let Some(evaluator) = evaluator else {
         let why = format!("n/a: no classifier at {} (`gandist classifier train`)", opts.classifier.display());
         runs.iter_mut().for_each(|r| r.quality = Quality::Missing(why.clone()));
@@ -190,7 +197,7 @@ fn score(opts: &AblateOptions, evaluator: Option<&crate::eval::Evaluator>, runs:
     };
     for r in runs.iter_mut() {
         let run_dir = opts.runs_dir.join(&r.name);
-        r.quality = match checkpoint::load_generator(&run_dir, GeneratorWeights::Auto, tch::Device::Cpu) {
+        r.quality = match load_generator(&run_dir, GeneratorWeights::Auto, tch::Device::Cpu) {
             Err(_) => Quality::Missing("n/a: no usable checkpoint".into()),
             Ok(ck) => {
                 let seed = Config::from_toml_str(&ck.meta.config, &[]).map(|c| c.train.seed).unwrap_or(0);
@@ -202,17 +209,6 @@ fn score(opts: &AblateOptions, evaluator: Option<&crate::eval::Evaluator>, runs:
             }
         };
     }
-}
-
-/// The classifier for the quality column, checked before any training (see `AblateOptions`).
-fn load_evaluator(opts: &AblateOptions) -> Result<Option<crate::eval::Evaluator>> {
-    if !opts.classifier.exists() {
-        if opts.classifier_given {
-            bail!("--classifier {}: no such file (make one with `gandist classifier train`)", opts.classifier.display());
-        }
-        return Ok(None);
-    }
-    crate::eval::Evaluator::load(&opts.classifier, tch::Device::Cpu).map(Some)
 }
 
 impl std::fmt::Display for Quality {
@@ -269,7 +265,6 @@ fn write_report(opts: &AblateOptions, runs: &[RunSummary]) -> Result<()> {
     for r in runs {
         groups.entry(group_of(&r.name)).or_default().push(r);
     }
-    let fonts = register_font();
     let mut md = String::new();
     writeln!(md, "# Ablation of the stabilisation techniques\n")?;
     writeln!(md, "Generated by `gandist ablate` (src/ablation.rs). Command:\n\n```sh\n{}\n```\n", opts.command)?;
@@ -324,12 +319,11 @@ These are short runs: the scores compare techniques at equal budgets, not conver
         "One image per group (the file-name prefix). Top panel: the critic; bottom panel: the generator. \
 x: generator step (0 to the run's iterations, linear); y: log10 of the pre-clip gradient norm, clamped to \
 [-8, 8] (the horizontal grid lines are at every integer power of ten). A non-finite norm is drawn as a \
-mark at the top edge.{}\n",
-        if fonts { "" } else { " (No font was found, so the images carry no text.)" }
+mark at the top edge.\n"
     )?;
     for (g, members) in &groups {
         let file = img_dir.join(format!("{g}.png"));
-        plot_group(&file, members, fonts)?;
+        plot_group(&file, members)?;
         let rel = format!("{stem}/{g}.png");
         let legend: Vec<String> = members.iter().zip(COLOURS.iter().cycle()).map(|(r, (c, _))| format!("{c}: `{}`", r.name)).collect();
         writeln!(md, "### Group {g}\n\n![{g}]({rel})\n\n{}\n", legend.join(", "))?;
@@ -348,21 +342,9 @@ mark at the top edge.{}\n",
     Ok(())
 }
 
-/// Registers DejaVu Sans (or another system sans font) for plot labels; false if none.
-fn register_font() -> bool {
-    for p in ["/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf", "/usr/share/fonts/TTF/DejaVuSans.ttf"] {
-        if let Ok(bytes) = std::fs::read(p) {
-            let bytes: &'static [u8] = Box::leak(bytes.into_boxed_slice());
-            if plotters::style::register_font("sans-serif", plotters::style::FontStyle::Normal, bytes).is_ok() {
-                return true;
-            }
-        }
-    }
-    false
-}
-
-fn plot_group(file: &Path, runs: &[&RunSummary], fonts: bool) -> Result<()> {
+fn plot_group(file: &Path, runs: &[&RunSummary]) -> Result<()> {
     use plotters::prelude::*;
+    crate::plot::register_font();
     let root = BitMapBackend::new(file, (900, 700)).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow::anyhow!("plot {}: {e}", file.display()))?;
     let panels = root.split_evenly((2, 1));
@@ -372,16 +354,10 @@ fn plot_group(file: &Path, runs: &[&RunSummary], fonts: bool) -> Result<()> {
         ("generator |grad| (log10)", |r: &RunSummary| &r.g_norms),
     ]) {
         let mut b = ChartBuilder::on(panel);
-        b.margin(10).x_label_area_size(if fonts { 30 } else { 5 }).y_label_area_size(if fonts { 45 } else { 5 });
-        if fonts {
-            b.caption(title, ("sans-serif", 18));
-        }
+        b.margin(10).x_label_area_size(30).y_label_area_size(45).caption(title, ("sans-serif", 18));
         let mut chart = b.build_cartesian_2d(0f64..xmax, -8f64..8f64).map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         let mut mesh = chart.configure_mesh();
         mesh.y_labels(17).x_labels(10).light_line_style(WHITE);
-        if !fonts {
-            mesh.disable_x_mesh().x_labels(0).y_label_formatter(&|_| String::new()).x_label_formatter(&|_| String::new());
-        }
         mesh.draw().map_err(|e| anyhow::anyhow!("plot: {e}"))?;
         for (r, (_, (cr, cg, cb))) in runs.iter().zip(COLOURS.iter().cycle()) {
             let colour = RGBColor(*cr, *cg, *cb);

@@ -6,8 +6,7 @@
 use crate::config::Config;
 use crate::data::{DeviceImages, Mnist};
 use crate::dist::Collective;
-use crate::train::step::AllReduceStats;
-use crate::train::Trainer;
+use crate::train::{AllReduceStats, Trainer};
 use anyhow::Result;
 use std::rc::Rc;
 use std::time::Instant;
@@ -75,7 +74,7 @@ impl BenchResult {
 
 /// Random images in place of MNIST: the step's cost does not depend on pixel values.
 fn synthetic(n: usize) -> Mnist {
-    let mut rng = crate::data::sampler::SplitMix64::new(1);
+    let mut rng = crate::seeds::SplitMix64::new(1);
     let images = (0..n * 28 * 28).map(|_| rng.below(256) as u8).collect();
     let labels = (0..n).map(|i| (i % 10) as u8).collect();
     Mnist { images, labels, n }

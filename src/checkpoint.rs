@@ -1,7 +1,10 @@
-//! Checkpoints: a directory per step holding `state.safetensors` (weights and optimizer
-//! moments) and `meta.json` (counters, config, checksum). Written into a temp directory,
-//! synced and renamed, so a checkpoint is either whole or absent. Loading checks sizes,
-//! names, shapes, checksum and finiteness before anything is used.
+//! The checkpoint format, and nothing of what it holds: a directory per step with
+//! `state.safetensors` (float32 tensors by name) and `meta.json` (a header: format version,
+//! step, configuration and its hash, world size, versions, the state's checksum; and the
+//! trainer's own record, which this layer stores without reading: `train::snapshot` gives it
+//! its meaning). Written into a temp directory, synced and renamed, so a checkpoint is either
+//! whole or absent. Loading checks sizes, version, names, shapes, checksum and finiteness
+//! before anything is used.
 
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -10,7 +13,11 @@ use sha2::{Digest, Sha256};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-pub const FORMAT_VERSION: u32 = 1;
+/// The version this build writes. 2: the trainer's record in its own field, `trainer`.
+pub const FORMAT_VERSION: u32 = 2;
+/// The oldest version this build reads. 1: the trainer's fields (`critic_step`, `seed`,
+/// `extra`, `health`) beside the header; they are read into `trainer` as they are.
+pub const OLDEST_READABLE: u32 = 1;
 const STATE_FILE: &str = "state.safetensors";
 const META_FILE: &str = "meta.json";
 /// A meta.json larger than this is not ours.
@@ -22,12 +29,9 @@ pub const MAX_STATE_BYTES: u64 = 16 << 30;
 #[serde(deny_unknown_fields)]
 pub struct Meta {
     pub format_version: u32,
-    /// Generator updates completed.
+    /// The step the checkpoint was taken at (its directory's name).
     pub step: u64,
-    /// Critic updates completed (also the index of the next data batch).
-    pub critic_step: u64,
-    /// All randomness is derived from this seed and the counters above.
-    pub seed: u64,
+    /// Hash of the trajectory-defining configuration (`Config::trajectory_hash`).
     pub config_hash: String,
     /// The resolved TOML configuration of the run that wrote it.
     pub config: String,
@@ -36,13 +40,78 @@ pub struct Meta {
     pub libtorch_version: String,
     /// SHA-256 of state.safetensors.
     pub state_sha256: String,
-    /// Anything else a component keeps between runs (e.g. learning-rate scale).
+    /// The trainer's record (its counters and detectors), as the trainer wrote it.
+    pub trainer: serde_json::Value,
+}
+
+/// Format version 1's meta.json: the same header, the trainer's fields beside it.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MetaV1 {
+    format_version: u32,
+    step: u64,
+    critic_step: u64,
+    seed: u64,
+    config_hash: String,
+    config: String,
+    world_size: usize,
+    gandist_version: String,
+    libtorch_version: String,
+    state_sha256: String,
     #[serde(default)]
-    pub extra: BTreeMap<String, f64>,
-    /// The gradient-health detectors by network ("critic", "generator"); absent in
-    /// checkpoints that predate it (the detectors then start afresh).
+    extra: Option<serde_json::Value>,
+    /// Absent in checkpoints older than the gradient-health detectors.
     #[serde(default)]
-    pub health: BTreeMap<String, crate::health::HealthSnapshot>,
+    health: Option<serde_json::Value>,
+}
+
+impl From<MetaV1> for Meta {
+    fn from(m: MetaV1) -> Meta {
+        let mut trainer = serde_json::json!({ "critic_step": m.critic_step, "seed": m.seed });
+        for (k, v) in [("extra", m.extra), ("health", m.health)] {
+            if let Some(v) = v {
+                trainer[k] = v;
+            }
+        }
+        Meta {
+            format_version: m.format_version,
+            step: m.step,
+            config_hash: m.config_hash,
+            config: m.config,
+            world_size: m.world_size,
+            gandist_version: m.gandist_version,
+            libtorch_version: m.libtorch_version,
+            state_sha256: m.state_sha256,
+            trainer,
+        }
+    }
+}
+
+/// Reads and checks the meta.json of the checkpoint in `dir`: its size, then its format
+/// version (named in the error when this build cannot read it), then its fields.
+pub fn read_meta(dir: &Path) -> Result<Meta> {
+    let path = dir.join(META_FILE);
+    let len = std::fs::metadata(&path).with_context(|| format!("cannot read {}", path.display()))?.len();
+    if len > MAX_META_BYTES {
+        bail!("{} is {len} bytes: expected at most {MAX_META_BYTES}", path.display());
+    }
+    let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+    let invalid = || format!("{} is not a valid checkpoint meta.json", path.display());
+    #[derive(Deserialize)]
+    struct Version {
+        format_version: Option<u32>,
+    }
+    let version: Version = serde_json::from_slice(&bytes).with_context(invalid)?;
+    match version.format_version {
+        Some(FORMAT_VERSION) => serde_json::from_slice::<Meta>(&bytes).with_context(invalid),
+        Some(1) => serde_json::from_slice::<MetaV1>(&bytes).map(Meta::from).with_context(invalid),
+        Some(v) => bail!(
+            "{}: checkpoint format version {v}, which gandist {} cannot read: it reads format versions {OLDEST_READABLE} to {FORMAT_VERSION} (a checkpoint of a newer gandist?)",
+            path.display(),
+            env!("CARGO_PKG_VERSION")
+        ),
+        None => bail!("{}: no format_version: not a gandist checkpoint meta.json", path.display()),
+    }
 }
 
 /// Float32 tensors by name, as host vectors with shapes.
@@ -129,16 +198,7 @@ fn load_inner(dir: &Path, expected: &BTreeMap<String, Vec<usize>>) -> Result<Loa
     if !cfg!(target_endian = "little") {
         bail!("safetensors checkpoints need a little-endian host");
     }
-    let meta_path = dir.join(META_FILE);
-    let meta_len = std::fs::metadata(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?.len();
-    if meta_len > MAX_META_BYTES {
-        bail!("{} is {meta_len} bytes: expected at most {MAX_META_BYTES}", meta_path.display());
-    }
-    let meta: Meta = serde_json::from_slice(&std::fs::read(&meta_path)?)
-        .with_context(|| format!("{} is not a valid checkpoint meta.json", meta_path.display()))?;
-    if meta.format_version != FORMAT_VERSION {
-        bail!("{}: format_version {} (expected {FORMAT_VERSION})", meta_path.display(), meta.format_version);
-    }
+    let meta = read_meta(dir)?;
     let state_path = dir.join(STATE_FILE);
     let state_len = std::fs::metadata(&state_path).with_context(|| format!("cannot read {}", state_path.display()))?.len();
     if state_len > MAX_STATE_BYTES {
@@ -219,16 +279,6 @@ pub fn prune(root: &Path, keep: usize) -> Result<()> {
     Ok(())
 }
 
-/// A generator restored from a checkpoint, with the configuration that trained it.
-pub struct GeneratorCheckpoint {
-    pub generator: crate::model::Generator,
-    /// The weights are the EMA generator's.
-    pub ema: bool,
-    pub config: crate::config::Config,
-    pub meta: Meta,
-    pub dir: PathBuf,
-}
-
 /// A checkpoint directory as given, or a run directory's newest checkpoint.
 pub fn resolve(path: &Path) -> Result<PathBuf> {
     if path.join(META_FILE).exists() {
@@ -239,48 +289,6 @@ pub fn resolve(path: &Path) -> Result<PathBuf> {
     })
 }
 
-/// Which generator weights to load from a checkpoint.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum GeneratorWeights {
-    /// The EMA weights when the run kept them, else the trained ones.
-    Auto,
-    /// The EMA weights; an error when the run kept none.
-    Ema,
-    /// The trained weights.
-    Raw,
-}
-
-/// Loads the generator of the checkpoint at `path` (a checkpoint or run directory) onto
-/// `device`, checking the state file like `load` does.
-pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Device) -> Result<GeneratorCheckpoint> {
-    let dir = resolve(path)?;
-    let meta_path = dir.join(META_FILE);
-    let meta_text = std::fs::read(&meta_path).with_context(|| format!("cannot read {}", meta_path.display()))?;
-    let meta: Meta = serde_json::from_slice(&meta_text).with_context(|| format!("{} is not a valid checkpoint meta.json", meta_path.display()))?;
-    let config = crate::config::Config::from_toml_str(&meta.config, &[])
-        .with_context(|| format!("the configuration embedded in {}", meta_path.display()))?;
-    let ema = match weights {
-        GeneratorWeights::Ema if !config.ema.enabled() => {
-            bail!("--weights ema: the run of {} kept no EMA (ema.half_life_steps and ema.half_life_images are 0)", dir.display())
-        }
-        GeneratorWeights::Ema | GeneratorWeights::Auto => config.ema.enabled(),
-        GeneratorWeights::Raw => false,
-    };
-    let prefix = if ema { crate::train::step::EMA_PREFIX } else { "generator." };
-    let generator = crate::model::Generator::with_channels(&config.model, config.data.dataset.channels(), device);
-    let params = &generator.params;
-    let shapes = params
-        .names
-        .iter()
-        .zip(&params.shapes)
-        .map(|(n, s)| (format!("{prefix}{n}"), s.iter().map(|&d| d as usize).collect()))
-        .collect();
-    let loaded = load(&dir, &shapes)?;
-    let flat: Vec<f32> = params.names.iter().flat_map(|n| loaded.tensors[&format!("{prefix}{n}")].1.clone()).collect();
-    params.load_flat(&tch::Tensor::from_slice(&flat).to_device(device));
-    Ok(GeneratorCheckpoint { generator, ema, config, meta: loaded.meta, dir })
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -289,16 +297,13 @@ mod tests {
         Meta {
             format_version: FORMAT_VERSION,
             step,
-            critic_step: step * 5,
-            seed: 1,
             config_hash: "h".into(),
             config: String::new(),
             world_size: 1,
             gandist_version: "t".into(),
             libtorch_version: "t".into(),
             state_sha256: String::new(),
-            extra: BTreeMap::new(),
-            health: BTreeMap::new(),
+            trainer: serde_json::json!({ "critic_step": step * 5 }),
         }
     }
 
@@ -370,6 +375,33 @@ mod tests {
         assert_eq!(load_latest(root.path(), &shapes).unwrap().unwrap().meta.step, 1);
     }
 
+    /// A format-1 meta.json is read with its trainer fields moved, unread, into `trainer`;
+    /// a version this build does not know, or none, is refused by name.
+    #[test]
+    fn format_versions_are_read_or_named() {
+        let root = tempfile::tempdir().unwrap();
+        let (t, shapes) = sample();
+        let dir = save(root.path(), meta(3), &t).unwrap();
+        let mut v: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(META_FILE)).unwrap()).unwrap();
+        let o = v.as_object_mut().unwrap();
+        o.remove("trainer");
+        o.insert("format_version".into(), 1.into());
+        for (k, x) in [("critic_step", serde_json::json!(15)), ("seed", serde_json::json!(4)), ("extra", serde_json::json!({"lr_scale": 0.5}))] {
+            o.insert(k.into(), x);
+        }
+        std::fs::write(dir.join(META_FILE), serde_json::to_vec(&v).unwrap()).unwrap();
+        let l = load(&dir, &shapes).unwrap();
+        assert_eq!((l.meta.format_version, l.meta.step), (1, 3));
+        assert_eq!(l.meta.trainer, serde_json::json!({"critic_step": 15, "seed": 4, "extra": {"lr_scale": 0.5}}));
+        assert_eq!(l.tensors, t);
+        for (version, needle) in [(serde_json::json!(3), "format version 3"), (serde_json::json!(0), "format version 0"), (serde_json::Value::Null, "no format_version")] {
+            v["format_version"] = version;
+            std::fs::write(dir.join(META_FILE), serde_json::to_vec(&v).unwrap()).unwrap();
+            let e = format!("{:#}", load(&dir, &shapes).err().unwrap());
+            assert!(e.contains(needle) && e.contains(META_FILE), "{e}");
+        }
+    }
+
     #[test]
     fn non_finite_values_are_refused() {
         let root = tempfile::tempdir().unwrap();
@@ -388,7 +420,7 @@ mod tests {
         let dir = save(root.path(), meta(1), &t).unwrap();
         let state0 = std::fs::read(dir.join(STATE_FILE)).unwrap();
         let meta0 = std::fs::read(dir.join(META_FILE)).unwrap();
-        let mut rng = crate::data::sampler::SplitMix64::new(7);
+        let mut rng = crate::seeds::SplitMix64::new(7);
         for round in 0..400 {
             let (file, orig) = if round % 2 == 0 { (STATE_FILE, &state0) } else { (META_FILE, &meta0) };
             let mut b = orig.clone();

@@ -1,7 +1,8 @@
 //! The CPU cores this process may run on: its affinity mask, which Open MPI's binding
 //! (`--bind-to core` is its default for two or fewer ranks), Slurm's `--cpus-per-task`
 //! binding, `taskset` or a cpuset cgroup narrow. libtorch's own default counts every core of
-//! the machine, so ranks bound to a few cores would each start too many threads.
+//! the machine, so ranks bound to a few cores would each start too many threads. The one
+//! thread policy of every command that trains (`train`, `bench`, `ablate`) is `set_threads`.
 
 use anyhow::{bail, Result};
 use std::hash::{Hash, Hasher};
@@ -39,6 +40,33 @@ pub fn share_key(cpus: &[usize]) -> u64 {
 /// at least one.
 pub fn threads_for(cores: usize, ranks_sharing: usize) -> usize {
     (cores / ranks_sharing.max(1)).max(1)
+}
+
+/// libtorch's CPU threads for this rank: `train.threads` when set, else the cores of this
+/// process's affinity mask divided among the ranks on this node that have the same mask (all
+/// of them when nothing binds, one when the launcher gave each rank cores of its own). Also on
+/// GPU runs, where the CPU still draws noise and stages data. libtorch's own default depends
+/// on the launcher (every core in a plain process, 1 under mpirun), not on the cores a rank
+/// has. A collective when the count is not configured. Returns the count and how it was
+/// chosen, for the log.
+pub fn threads_per_rank(cfg: &crate::config::Config, comm: &dyn crate::dist::Collective) -> Result<(i32, String)> {
+    if cfg.train.threads > 0 {
+        return Ok((cfg.train.threads, "train.threads".into()));
+    }
+    let cpus = allowed()?;
+    let key = share_key(&cpus);
+    let sharing = comm.all_gather_u64(key)?.iter().filter(|&&k| k == key).count();
+    let n = threads_for(cpus.len(), sharing);
+    let how = format!("affinity mask of {} CPU(s), shared by {sharing} rank(s) on this node", cpus.len());
+    Ok((n as i32, how))
+}
+
+/// Sets libtorch's thread count for this rank (see `threads_per_rank`) and logs it.
+pub fn set_threads(cfg: &crate::config::Config, comm: &dyn crate::dist::Collective) -> Result<()> {
+    let (n, how) = threads_per_rank(cfg, comm)?;
+    tch::set_num_threads(n);
+    tracing::info!("libtorch CPU threads: {n} ({how})");
+    Ok(())
 }
 
 #[cfg(test)]

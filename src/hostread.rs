@@ -2,7 +2,7 @@
 //!
 //! On a GPU every such read waits until the device has run all the work queued before it,
 //! so the training step keeps flags, norms and losses on the device and reads them only at
-//! sync steps (see `train::step`). Every read counts, whatever the tensor's device: a read
+//! sync steps (see `train::trainer`). Every read counts, whatever the tensor's device: a read
 //! of a CPU tensor costs nothing, but the same line on CUDA would stall the queue, so a test
 //! on the CPU can check that an update between sync steps makes none. The count is per
 //! thread (the training loop runs on one), so that tests running side by side and helper

@@ -1,13 +1,15 @@
 //! gandist: stable, observable, data-parallel GAN training on MNIST.
 //!
 //! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
-//! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers), `optim` (Adam, SGD,
-//! clipping), `health` (gradient-health detector), `ablation` (`gandist ablate`),
-//! `dist` (collectives), `train` (the loop), `checkpoint`, `samples`, `runlog`, `bench`,
-//! `metrics` (Prometheus registry and exporter), `plot` (PNG curves of the scalar log),
-//! `eval` (sample quality: classifier FID, coverage), `hostread` (the one, counted, place
-//! where tensor data reaches the host), `cpus` (the affinity mask and threads per rank),
-//! `logging` (timestamped, levelled log lines with the rank).
+//! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers),
+//! `optim` (Adam, SGD, clipping), `health` (gradient-health detector), `ablation`
+//! (`gandist ablate`), `dist` (collectives), `train` (the trainer and the run),
+//! `checkpoint` (the on-disk format), `samples`, `scalar_log` (metrics.jsonl: its schema and
+//! file), `seeds` (every random stream), `bench`, `metrics` (Prometheus registry and
+//! exporter), `plot` (PNG curves of the scalar log), `eval` (sample quality: classifier FID,
+//! coverage), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
+//! (the affinity mask and threads per rank), `logging` (timestamped, levelled log lines with
+//! the rank).
 
 pub mod ablation;
 pub mod bench;
@@ -28,8 +30,9 @@ pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod regularize;
-pub mod runlog;
 pub mod samples;
+pub mod scalar_log;
+pub mod seeds;
 pub mod train;
 
 /// The libtorch version this build is made for (tch 0.24 checks it at build time).

@@ -147,7 +147,7 @@ enum Command {
     /// and on NCCL the abort path (for launch/gpu-check.sh); non-zero exit on any failure.
     #[command(hide = true)]
     SelftestCollectives {
-        /// The device: auto, cpu, cuda or cuda:N (as train.device).
+        /// cpu, cuda, cuda:N or auto (train.device).
         #[arg(long, default_value = "auto")]
         device: String,
         /// Overrides such as dist.backend="nccl" (repeatable).
@@ -182,7 +182,7 @@ enum Weights {
     Raw,
 }
 
-impl From<Weights> for gandist::checkpoint::GeneratorWeights {
+impl From<Weights> for gandist::train::snapshot::GeneratorWeights {
     fn from(w: Weights) -> Self {
         match w {
             Weights::Auto => Self::Auto,
@@ -350,7 +350,7 @@ fn run(cli: Cli) -> Result<ExitCode> {
             gandist::logging::set_rank(started.comm.rank());
             tracing::info!("{}", started.report);
             let (comm, dev): (std::rc::Rc<dyn gandist::dist::Collective>, _) = (std::rc::Rc::from(started.comm), started.device);
-            gandist::train::set_threads(&cfg, comm.as_ref())?;
+            gandist::cpus::set_threads(&cfg, comm.as_ref())?;
             let backend = comm.backend_name();
             let is_root = comm.rank() == 0;
             // An error on one rank ends the whole job, as in training.
@@ -389,8 +389,8 @@ fn sample(checkpoint: &Path, n: usize, out: &Path, format: SampleFormat, seed: u
         bail!("--n must be at least 1");
     }
     let device = gandist::device::select("auto", 0)?;
-    let ck = gandist::checkpoint::load_generator(checkpoint, weights.into(), device)?;
-    gandist::train::step::seed_stream(seed, gandist::train::step::purpose::FIXED_NOISE, 1);
+    let ck = gandist::train::snapshot::load_generator(checkpoint, weights.into(), device)?;
+    gandist::seeds::seed_torch(seed, gandist::seeds::Stream::FixedNoise, 1);
     let z = tch::Tensor::randn([n as i64, ck.config.model.latent], (tch::Kind::Float, tch::Device::Cpu)).to_device(device);
     let bytes = tch::no_grad(|| gandist::model::to_bytes(&ck.generator.forward(&z)));
     let (side, ch) = (mnist::SIDE, ck.generator.channels as usize);
@@ -421,7 +421,7 @@ fn eval(
     // Inputs are checked before the classifier is loaded: their errors come first.
     let (images, source) = match (checkpoint, samples) {
         (Some(c), _) => {
-            let ck = gandist::checkpoint::load_generator(c, weights.into(), device)?;
+            let ck = gandist::train::snapshot::load_generator(c, weights.into(), device)?;
             let n = n.unwrap_or(10_000);
             let which = if ck.ema { ", EMA weights" } else { "" };
             let on = gandist::device::label(device);

@@ -1,43 +1,60 @@
-//! Adam over a flat parameter buffer (PyTorch's formula, step for step), plain SGD as an
-//! option, global-norm gradient clipping and element-wise value clipping. Everything stays on
-//! the device: a step takes a 0/1 condition (the update was not skipped) and leaves the
-//! parameters, moments and step count exactly as they were where it is false, and clipping
-//! is a device-side coefficient, so that an update never waits for the device.
+//! The optimizers (Adam, PyTorch's formula step for step, and plain SGD) over a flat
+//! parameter buffer, global-norm gradient clipping and element-wise value clipping. Everything
+//! stays on the device: a step takes a 0/1 condition (the update was not skipped) and leaves
+//! the parameters, moments and step count exactly as they were where it is false, and
+//! clipping is a device-side coefficient, so that an update never waits for the device.
 
-use crate::config::OptimKind;
+use crate::config::{OptimConfig, OptimKind};
 use tch::{Kind, Tensor};
 
-/// Adam, or plain SGD when `kind` is `Sgd` (the moments are then unused and stay zero).
-pub struct Adam {
-    pub kind: OptimKind,
+/// How a step turns a gradient into a parameter change.
+pub enum Rule {
+    /// Adam with its two moment buffers (laid out like the parameters).
+    Adam { beta1: f64, beta2: f64, eps: f64, exp_avg: Tensor, exp_avg_sq: Tensor },
+    /// Plain SGD without momentum: params -= lr * grad. Its step scales with the gradient, so
+    /// norm clipping bounds it (Adam's does not).
+    Sgd,
+}
+
+/// One network's optimizer.
+pub struct Optimizer {
+    pub rule: Rule,
     pub lr: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-    pub exp_avg: Tensor,
-    pub exp_avg_sq: Tensor,
-    /// Steps taken, as the host last learned it (at a sync step; see `set_steps`).
-    pub steps: u64,
-    /// Steps taken, on the device (float64, exact): the bias correction reads it, since the
+    /// Steps taken, on the device (float64, exact): Adam's bias correction reads it, since the
     /// host does not know between sync steps which updates were skipped.
     step_count: Tensor,
 }
 
-impl Adam {
-    pub fn new(params: &Tensor, lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
-        let step_count = Tensor::zeros([], (Kind::Double, params.device()));
-        Adam { kind: OptimKind::Adam, lr, beta1, beta2, eps, exp_avg: params.zeros_like(), exp_avg_sq: params.zeros_like(), steps: 0, step_count }
+impl Optimizer {
+    pub fn adam(params: &Tensor, lr: f64, beta1: f64, beta2: f64, eps: f64) -> Self {
+        let rule = Rule::Adam { beta1, beta2, eps, exp_avg: params.zeros_like(), exp_avg_sq: params.zeros_like() };
+        Optimizer { rule, lr, step_count: Tensor::zeros([], (Kind::Double, params.device())) }
     }
 
-    /// Plain SGD: params -= lr * grad.
     pub fn sgd(params: &Tensor, lr: f64) -> Self {
-        Adam { kind: OptimKind::Sgd, ..Adam::new(params, lr, 0.0, 0.0, 1.0) }
+        Optimizer { rule: Rule::Sgd, lr, step_count: Tensor::zeros([], (Kind::Double, params.device())) }
     }
 
-    /// Sets the step count (from a checkpoint) on host and device.
-    pub fn set_steps(&mut self, n: u64) {
-        self.steps = n;
+    /// The optimizer `optim.kind` names, for parameters `params`, at learning rate `lr`.
+    pub fn from_config(cfg: &OptimConfig, params: &Tensor, lr: f64) -> Self {
+        match cfg.kind {
+            OptimKind::Adam => Optimizer::adam(params, lr, cfg.beta1, cfg.beta2, cfg.eps),
+            OptimKind::Sgd => Optimizer::sgd(params, lr),
+        }
+    }
+
+    /// Sets the count of steps taken (from a checkpoint), on the device.
+    pub fn set_step_count(&mut self, n: u64) {
         let _ = self.step_count.fill_(n as f64);
+    }
+
+    /// The state a checkpoint keeps, named: Adam's moments ("exp_avg", "exp_avg_sq"); nothing
+    /// for SGD. Views of the live buffers, so that loading writes through them.
+    pub fn state(&self) -> Vec<(&'static str, Tensor)> {
+        match &self.rule {
+            Rule::Adam { exp_avg, exp_avg_sq, .. } => vec![("exp_avg", exp_avg.shallow_clone()), ("exp_avg_sq", exp_avg_sq.shallow_clone())],
+            Rule::Sgd => Vec::new(),
+        }
     }
 
     /// One update of `params` (in place) with gradient `grad`, as torch.optim.Adam (or SGD
@@ -46,19 +63,20 @@ impl Adam {
     pub fn step(&mut self, params: &Tensor, grad: &Tensor, apply: &Tensor) {
         tch::no_grad(|| {
             let _ = self.step_count.g_add_(&apply.to_kind(Kind::Double));
-            let new_params = if self.kind == OptimKind::Sgd {
-                params - grad * self.lr
-            } else {
-                let m = self.exp_avg.lerp(grad, 1.0 - self.beta1);
-                let v = &self.exp_avg_sq * self.beta2 + grad.square() * (1.0 - self.beta2);
-                // Bias corrections from the device's step count; 0-dim, so float32 stays float32.
-                let bias1 = Tensor::pow_scalar(self.beta1, &self.step_count).neg() + 1.0;
-                let bias2_sqrt = (Tensor::pow_scalar(self.beta2, &self.step_count).neg() + 1.0).sqrt();
-                let denom = v.sqrt() / bias2_sqrt + self.eps;
-                let p = params.addcdiv(&(&m * (bias1.reciprocal() * -self.lr)), &denom);
-                select_into(&self.exp_avg, apply, &m);
-                select_into(&self.exp_avg_sq, apply, &v);
-                p
+            let new_params = match &self.rule {
+                Rule::Sgd => params - grad * self.lr,
+                Rule::Adam { beta1, beta2, eps, exp_avg, exp_avg_sq } => {
+                    let m = exp_avg.lerp(grad, 1.0 - beta1);
+                    let v = exp_avg_sq * *beta2 + grad.square() * (1.0 - beta2);
+                    // Bias corrections from the device's step count; 0-dim, so float32 stays float32.
+                    let bias1 = Tensor::pow_scalar(*beta1, &self.step_count).neg() + 1.0;
+                    let bias2_sqrt = (Tensor::pow_scalar(*beta2, &self.step_count).neg() + 1.0).sqrt();
+                    let denom = v.sqrt() / bias2_sqrt + *eps;
+                    let p = params.addcdiv(&(&m * (bias1.reciprocal() * -self.lr)), &denom);
+                    select_into(exp_avg, apply, &m);
+                    select_into(exp_avg_sq, apply, &v);
+                    p
+                }
             };
             select_into(params, apply, &new_params);
         })
@@ -138,7 +156,7 @@ mod tests {
     #[test]
     fn sgd_step_is_lr_times_gradient() {
         let p = Tensor::from_slice(&[1.0f32, -2.0]);
-        let mut opt = Adam::sgd(&p, 0.5);
+        let mut opt = Optimizer::sgd(&p, 0.5);
         opt.step(&p, &Tensor::from_slice(&[2.0f32, -4.0]), &yes());
         assert_eq!(vec_f32(&p).unwrap(), vec![0.0, 0.0]);
     }
@@ -167,7 +185,7 @@ mod tests {
     #[test]
     fn adam_matches_reference_recurrence() {
         let p = Tensor::from_slice(&[1.0f32, -2.0, 0.5]);
-        let mut opt = Adam::new(&p, 0.1, 0.5, 0.9, 1e-8);
+        let mut opt = Optimizer::adam(&p, 0.1, 0.5, 0.9, 1e-8);
         let mut reference = [1.0f64, -2.0, 0.5];
         let (mut m, mut v) = ([0.0f64; 3], [0.0f64; 3]);
         for t in 1..=5 {
@@ -197,25 +215,26 @@ mod tests {
         let init = [1.0f32, -0.0, 0.25];
         let p = Tensor::from_slice(&init);
         let q = Tensor::from_slice(&init);
-        let mut skipping = Adam::new(&p, 0.1, 0.5, 0.9, 1e-8);
-        let mut plain = Adam::new(&q, 0.1, 0.5, 0.9, 1e-8);
+        let mut skipping = Optimizer::adam(&p, 0.1, 0.5, 0.9, 1e-8);
+        let mut plain = Optimizer::adam(&q, 0.1, 0.5, 0.9, 1e-8);
         let g1 = Tensor::from_slice(&[0.5f32, -1.0, 2.0]);
         skipping.step(&p, &g1, &yes());
         plain.step(&q, &g1, &yes());
         let bits = |t: &Tensor| vec_f32(t).unwrap().iter().map(|x| x.to_bits()).collect::<Vec<_>>();
-        let before = (bits(&p), bits(&skipping.exp_avg), bits(&skipping.exp_avg_sq), scalar(&skipping.step_count));
+        let moments = |o: &Optimizer| o.state().iter().map(|(_, t)| bits(t)).collect::<Vec<_>>();
+        let before = (bits(&p), moments(&skipping), scalar(&skipping.step_count));
         for bad in [f32::NAN, f32::INFINITY, 1e30] {
             skipping.step(&p, &Tensor::from_slice(&[bad, 3.0, -7.0]), &Tensor::from(false));
-            assert_eq!((bits(&p), bits(&skipping.exp_avg), bits(&skipping.exp_avg_sq), scalar(&skipping.step_count)), before, "gradient {bad}");
+            assert_eq!((bits(&p), moments(&skipping), scalar(&skipping.step_count)), before, "gradient {bad}");
         }
         let g2 = Tensor::from_slice(&[-0.25f32, 0.75, 1.5]);
         skipping.step(&p, &g2, &yes());
         plain.step(&q, &g2, &yes());
         assert_eq!(bits(&p), bits(&q));
-        assert_eq!(bits(&skipping.exp_avg_sq), bits(&plain.exp_avg_sq));
+        assert_eq!(moments(&skipping), moments(&plain));
         // SGD as well.
         let s = Tensor::from_slice(&[-0.0f32, 2.0]);
-        let mut sgd = Adam::sgd(&s, 1.0);
+        let mut sgd = Optimizer::sgd(&s, 1.0);
         sgd.step(&s, &Tensor::from_slice(&[f32::NAN, 1.0]), &Tensor::from(false));
         assert_eq!(bits(&s), vec![(-0.0f32).to_bits(), 2.0f32.to_bits()]);
     }

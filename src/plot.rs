@@ -3,7 +3,8 @@
 //! `plots/grad_norms.png` (global norms before and after clipping and per-layer norms, by
 //! network, on a log scale). Text is drawn with the DejaVu Sans font built into the binary.
 
-use crate::train::observe::LOSS_TERMS;
+use crate::model::Net;
+use crate::scalar_log::{self as log, LOSS_TERMS};
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -29,47 +30,38 @@ struct Panel {
 
 /// Writes both plots of a run into `<run_dir>/plots/` and returns their paths.
 pub fn write_run_plots(run_dir: &Path) -> Result<Vec<PathBuf>> {
-    let log = run_dir.join("metrics.jsonl");
-    let records = crate::runlog::read(&log)?;
+    let file = run_dir.join(log::FILE_NAME);
+    let records = log::read(&file)?;
     if records.is_empty() {
-        bail!("{} holds no records: nothing to plot", log.display());
+        bail!("{} holds no records: nothing to plot", file.display());
     }
     let dir = run_dir.join("plots");
     std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let nets = [("critic", "d"), ("generator", "g")];
-
-    let loss_panels = nets
+    let loss_panels = Net::ALL
         .iter()
-        .map(|&(net, _)| {
-            let mut series: Vec<Series> = LOSS_TERMS
-                .iter()
-                .filter(|t| t.net.as_str() == net)
-                .filter_map(|t| series(&records, t.key, t.term))
-                .collect();
-            if net == "critic" {
-                series.extend(self::series(&records, "wasserstein", "Wasserstein estimate"));
+        .map(|&net| {
+            let mut series: Vec<Series> = LOSS_TERMS.iter().filter(|t| t.net == net).filter_map(|t| series(&records, t.key, t.term)).collect();
+            if net == Net::Critic {
+                series.extend(self::series(&records, log::WASSERSTEIN, "Wasserstein estimate"));
             }
-            Panel { title: format!("{net} losses"), series, log_y: false }
+            Panel { title: format!("{} losses", net.as_str()), series, log_y: false }
         })
         .collect::<Vec<_>>();
-    let norm_panels = nets
+    let norm_panels = Net::ALL
         .iter()
-        .map(|&(net, p)| {
-            let mut series: Vec<Series> = [
-                (format!("{p}_grad_norm"), "global, before clipping".to_string()),
-                (format!("{p}_grad_norm_clipped"), "global, after clipping".to_string()),
-            ]
-            .iter()
-            .filter_map(|(k, n)| self::series(&records, k, n))
-            .collect();
-            let prefix = format!("{p}_grad_norm.");
+        .map(|&net| {
+            let mut series: Vec<Series> = [(log::grad_norm(net), "global, before clipping"), (log::grad_norm_clipped(net), "global, after clipping")]
+                .iter()
+                .filter_map(|(k, n)| self::series(&records, k, n))
+                .collect();
+            let prefix = log::layer_norm_prefix(net);
             for key in keys_with_prefix(&records, &prefix) {
                 series.extend(self::series(&records, &key, &format!("layer {}", &key[prefix.len()..])));
             }
-            if net == "critic" {
-                series.extend(self::series(&records, "gp_grad_norm", "input gradient at interpolates"));
+            if net == Net::Critic {
+                series.extend(self::series(&records, log::GP_GRAD_NORM, "input gradient at interpolates"));
             }
-            Panel { title: format!("{net} gradient L2 norms"), series, log_y: true }
+            Panel { title: format!("{} gradient L2 norms", net.as_str()), series, log_y: true }
         })
         .collect::<Vec<_>>();
 
@@ -83,7 +75,7 @@ pub fn write_run_plots(run_dir: &Path) -> Result<Vec<PathBuf>> {
 fn series(records: &[Map<String, Value>], key: &str, name: &str) -> Option<Series> {
     let points: Vec<(f64, f64)> = records
         .iter()
-        .filter_map(|r| Some((r.get("step")?.as_f64()?, r.get(key)?.as_f64()?)))
+        .filter_map(|r| Some((log::number(r, log::STEP)?, log::number(r, key)?)))
         .filter(|(x, y)| x.is_finite() && y.is_finite())
         .collect();
     (!points.is_empty()).then(|| Series { name: name.to_string(), points })
@@ -100,7 +92,8 @@ fn keys_with_prefix(records: &[Map<String, Value>], prefix: &str) -> Vec<String>
     keys
 }
 
-fn register_font() {
+/// Registers DejaVu Sans, built into the binary, as plotters' "sans-serif" (once).
+pub fn register_font() {
     static ONCE: std::sync::Once = std::sync::Once::new();
     ONCE.call_once(|| {
         // The bytes are a valid TrueType font shipped by the dejavu crate.

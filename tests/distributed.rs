@@ -62,7 +62,7 @@ fn networks_only(m: BTreeMap<String, Vec<f32>>) -> BTreeMap<String, Vec<f32>> {
 
 /// Per logged step: (critic clips, generator clipped, skipped updates so far).
 fn decisions(run: &Path) -> Vec<(u64, bool, u64)> {
-    gandist::runlog::read(&run.join("metrics.jsonl"))
+    gandist::scalar_log::read(&run.join("metrics.jsonl"))
         .unwrap()
         .iter()
         .map(|r| {

@@ -80,7 +80,7 @@ fn fid_sanity_and_coverage() {
     let held_out = eval_json(&["--samples", p.to_str().unwrap()]);
 
     // Uniform noise.
-    let mut rng = gandist::data::sampler::SplitMix64::new(7);
+    let mut rng = gandist::seeds::SplitMix64::new(7);
     let noise: Vec<u8> = (0..1000 * px).map(|_| rng.below(256) as u8).collect();
     let p = tmp.path().join("noise.idx");
     write_idx(&p, &noise, 1000);
@@ -127,7 +127,7 @@ fn eval_of_a_checkpoint_and_periodic_eval_in_training() {
         "--set", "eval.every=4", "--set", "eval.n=64", "--set", &set_classifier,
     ]);
     // log_every = 2 over 6 iterations; evaluations at step 4 and at the end (6).
-    let log = gandist::runlog::read(&run.join("metrics.jsonl")).unwrap();
+    let log = gandist::scalar_log::read(&run.join("metrics.jsonl")).unwrap();
     let evaluated: Vec<u64> = log.iter().filter(|r| r.contains_key("fid")).map(|r| r["step"].as_u64().unwrap()).collect();
     assert_eq!(evaluated, vec![4, 6]);
     for r in log.iter().filter(|r| r.contains_key("fid")) {
@@ -165,7 +165,7 @@ fn periodic_eval_uses_the_ema_generator() {
     let set_classifier = format!("eval.classifier=\"{}\"", classifier().display());
     ok(&["train", "--config", smoke_config().to_str().unwrap(), "--data", d, "--run-dir", run.to_str().unwrap(),
          "--set", "eval.every=6", "--set", "eval.n=64", "--set", &set_classifier, "--set", "ema.half_life_steps=2"]);
-    let log = gandist::runlog::read(&run.join("metrics.jsonl")).unwrap();
+    let log = gandist::scalar_log::read(&run.join("metrics.jsonl")).unwrap();
     let logged = log.iter().rev().find(|r| r.contains_key("fid")).unwrap()["fid"].as_f64().unwrap();
     let ema = fid(&eval_json(&["--checkpoint", run.to_str().unwrap(), "--n", "64"]));
     let raw = fid(&eval_json(&["--checkpoint", run.to_str().unwrap(), "--n", "64", "--weights", "raw"]));
@@ -248,7 +248,7 @@ fn periodic_eval_scores_are_exported_as_metrics() {
     }
     assert!(child.wait().unwrap().success());
     let (step, fid, classes) = seen.expect("no evaluation was exported while the run trained");
-    let log = gandist::runlog::read(&run.join("metrics.jsonl")).unwrap();
+    let log = gandist::scalar_log::read(&run.join("metrics.jsonl")).unwrap();
     let r = log.iter().find(|r| r["step"].as_f64() == Some(step) && r.contains_key("fid")).unwrap_or_else(|| panic!("no logged evaluation at step {step}"));
     assert_eq!(r["fid"].as_f64(), Some(fid), "exported FID equals the logged one");
     assert_eq!(r["classes_covered"].as_f64(), Some(classes));
@@ -317,7 +317,7 @@ fn stacked_mnist_training_and_mode_count() {
     // which moves few triples out of the set of covered modes when most are covered).
     let test = gandist::data::Mnist::load(&data, gandist::data::Split::Test).unwrap();
     let px = 28 * 28;
-    let mut rng = gandist::data::sampler::SplitMix64::new(3);
+    let mut rng = gandist::seeds::SplitMix64::new(3);
     let n = 3000;
     let mut bytes = Vec::with_capacity(n * 3 * px);
     let mut true_modes = std::collections::BTreeSet::new();

@@ -79,7 +79,7 @@ fn layer_norms_in_the_log_add_up_to_the_global_norm() {
     let run = tmp.path().join("run");
     let args = smoke(&run, &data, &["--set", "train.iterations=4"]);
     ok(&args.iter().map(|s| s.as_str()).collect::<Vec<_>>());
-    let log = gandist::runlog::read(&run.join("metrics.jsonl")).unwrap();
+    let log = gandist::scalar_log::read(&run.join("metrics.jsonl")).unwrap();
     assert!(!log.is_empty());
     for rec in &log {
         for (p, layers) in [("d", ["conv1", "conv2", "conv3", "fc"].as_slice()), ("g", ["fc", "deconv1", "deconv2", "deconv3"].as_slice())] {

@@ -30,7 +30,7 @@ fn consecutive_nan_updates_roll_back_with_a_lower_learning_rate() {
     let args: Vec<&str> = args.iter().map(|s| s.as_str()).collect();
     let out = ok(&args);
     assert!(out.contains("rolled back to step 4 after 3 consecutive non-finite updates; learning rates now x0.5"), "{out}");
-    let log = gandist::runlog::read(&run.join("metrics.jsonl")).unwrap();
+    let log = gandist::scalar_log::read(&run.join("metrics.jsonl")).unwrap();
     assert!(log.iter().any(|r| r.get("event").and_then(|e| e.as_str()) == Some("rollback")));
     let last = log.last().unwrap();
     assert_eq!(last["step"].as_u64(), Some(8));
@@ -40,7 +40,7 @@ fn consecutive_nan_updates_roll_back_with_a_lower_learning_rate() {
         let png = tmp.path().join(format!("{step}.png"));
         ok(&["sample", "--checkpoint", dir.to_str().unwrap(), "--n", "1", "--out", png.to_str().unwrap()]);
         let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap();
-        assert_eq!(meta["extra"]["lr_scale"].as_f64(), Some(0.5), "step {step}");
+        assert_eq!(meta["trainer"]["counters"]["lr_scale"].as_f64(), Some(0.5), "step {step}");
     }
 }
 

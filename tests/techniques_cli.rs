@@ -58,7 +58,7 @@ fn resume_is_exact_with_every_stateful_technique() {
     assert_ne!(c["critic.spectral_u.0"], a["critic.spectral_u.0"]);
 
     // The scalar log names every term and the health of both networks.
-    let log = gandist::runlog::read(&straight.join("metrics.jsonl")).unwrap();
+    let log = gandist::scalar_log::read(&straight.join("metrics.jsonl")).unwrap();
     let last = log.last().unwrap();
     for k in ["d_adv", "d_hist_avg", "d_l2", "g_adv", "g_fm", "g_hist_avg", "d_health", "g_health", "g_vanishing_updates"] {
         assert!(last.contains_key(k), "metrics.jsonl lacks {k}: {last:?}");
@@ -158,7 +158,7 @@ fn two_ranks_match_one_with_feature_matching_and_stateful_techniques() {
     let (one, two) = (tmp.path().join("one"), tmp.path().join("two"));
     run("1", &one);
     run("2", &two);
-    let log = gandist::runlog::read(&two.join("metrics.jsonl")).unwrap();
+    let log = gandist::scalar_log::read(&two.join("metrics.jsonl")).unwrap();
     assert_eq!(log[0]["world_size"], 2);
     let a = state(&one.join("checkpoints/step-000000003"));
     let b = state(&two.join("checkpoints/step-000000003"));

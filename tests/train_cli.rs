@@ -16,7 +16,7 @@ fn short_run_has_finite_losses_grids_and_checkpoints() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("run");
     ok(&train_args(run.to_str().unwrap(), data.to_str().unwrap(), &[]));
-    let log = gandist::runlog::read(&run.join("metrics.jsonl")).unwrap();
+    let log = gandist::scalar_log::read(&run.join("metrics.jsonl")).unwrap();
     assert_eq!(log.len(), 3, "log_every = 2 over 6 iterations");
     for rec in &log {
         for k in ["d_loss", "g_loss", "wasserstein", "d_gp", "d_grad_norm", "g_grad_norm"] {
@@ -55,7 +55,7 @@ fn resume_is_exact() {
     for (k, va) in &a {
         assert!(va.iter().zip(&b[k]).all(|(x, y)| x.to_bits() == y.to_bits()), "{k} differs after resume");
     }
-    let last = |run: &std::path::Path| gandist::runlog::read(&run.join("metrics.jsonl")).unwrap().pop().unwrap();
+    let last = |run: &std::path::Path| gandist::scalar_log::read(&run.join("metrics.jsonl")).unwrap().pop().unwrap();
     let (a_log, b_log) = (last(&straight), last(&split));
     assert_eq!(b_log["step"].as_u64(), Some(6));
     assert_eq!(a_log["g_vanishing_updates"].as_u64(), Some(5), "updates 2..=6 under the threshold: {a_log:?}");
@@ -134,9 +134,10 @@ fn host_reads_happen_at_sync_steps_only() {
     let run = tmp.path().join("run");
     let sets = ["--set", "train.iterations=9", "--set", "train.log_every=3", "--set", "train.sample_every=9", "--set", "train.checkpoint_every=9"];
     let out = ok(&train_args(run.to_str().unwrap(), data.to_str().unwrap(), &sets));
+    // The message after the log line's time, level and rank.
     let line = out
         .lines()
-        .find_map(|l| l.find("host reads of device data:").map(|i| &l[i..]))
+        .find_map(|l| l.find("host reads of device data:").map(|at| &l[at..]))
         .unwrap_or_else(|| panic!("no host-read line in {out}"));
     assert!(line.ends_with("at 3 sync steps, 0 between them"), "{line}");
     let at_sync: u64 = line.split_whitespace().nth(5).unwrap().parse().unwrap();

@@ -156,7 +156,7 @@ mod tests {
     /// panic, and whatever parses is self-consistent (data length = product of dimensions).
     #[test]
     fn mutated_files_never_panic_and_parse_consistently() {
-        let mut rng = crate::data::sampler::SplitMix64::new(42);
+        let mut rng = crate::seeds::SplitMix64::new(42);
         let good = encode_idx(&[5, 4, 3], &(0..60).map(|i| i as u8).collect::<Vec<_>>());
         for _ in 0..5000 {
             let mut b = good.clone();

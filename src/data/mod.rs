@@ -34,12 +34,20 @@ impl DeviceImages {
     }
 
     /// Stacked MNIST over the same images: n stacked images, each channel an independent
-    /// uniform draw of the n digits, fixed by `seed` (every rank builds the same set).
+    /// uniform draw of the n digits, fixed by the run's `seed` (every rank builds the same set).
     pub fn stacked(self, seed: u64) -> Self {
-        let mut rng = sampler::SplitMix64::new(seed);
+        let mut rng = crate::seeds::SplitMix64::new(crate::seeds::stacking_seed(seed));
         let picks: Vec<i64> = (0..self.n * 3).map(|_| rng.below(self.n as u64) as i64).collect();
         let stack = Tensor::from_slice(&picks).view([self.n as i64, 3]).to_device(self.images.device());
         DeviceImages { stack: Some(stack), ..self }
+    }
+
+    /// The items of `dataset`: these images, or stacked MNIST made of them.
+    pub fn for_dataset(self, dataset: crate::config::Dataset, seed: u64) -> Self {
+        match dataset {
+            crate::config::Dataset::StackedMnist if self.stack.is_none() => self.stacked(seed),
+            _ => self,
+        }
     }
 
     /// Image channels of each item (1, or 3 when stacked).

@@ -2,37 +2,7 @@
 //! on every rank; each global batch is cut into equal, disjoint per-rank slices. A sample's
 //! place depends on its global index only, never on the number of ranks.
 
-/// SplitMix64: a small, well-mixed generator; enough for shuffling and seed derivation.
-#[derive(Clone)]
-pub struct SplitMix64(u64);
-
-impl SplitMix64 {
-    pub fn new(seed: u64) -> Self {
-        SplitMix64(seed)
-    }
-    pub fn next_u64(&mut self) -> u64 {
-        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
-        let mut z = self.0;
-        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-        z ^ (z >> 31)
-    }
-    /// Uniform in 0..n (Lemire's multiply-shift; the bias is below 2^-32 for n < 2^32).
-    pub fn below(&mut self, n: u64) -> u64 {
-        ((self.next_u64() as u128 * n as u128) >> 64) as u64
-    }
-}
-
-/// Derives an independent seed from a base seed and a tuple of keys.
-pub fn derive_seed(base: u64, keys: &[u64]) -> u64 {
-    let mut s = SplitMix64::new(base);
-    let mut out = s.next_u64();
-    for &k in keys {
-        let mut t = SplitMix64::new(out ^ k.wrapping_mul(0xD6E8_FEB8_6659_FD93));
-        out = t.next_u64();
-    }
-    out
-}
+use crate::seeds::{self, SplitMix64, Stream};
 
 pub struct DistributedSampler {
     n: usize,
@@ -76,7 +46,7 @@ impl DistributedSampler {
 
     /// The order of the whole data set in `epoch` (the same on every rank).
     pub fn permutation(&self, epoch: u64) -> Vec<u32> {
-        epoch_permutation(self.n, derive_seed(self.seed, &[0x5A3D, epoch]))
+        epoch_permutation(self.n, seeds::seed_of(self.seed, Stream::EpochOrder, epoch))
     }
 }
 

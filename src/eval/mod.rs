@@ -126,10 +126,10 @@ pub fn quantize(images: &Tensor) -> Tensor {
     ((images + 1.0) * 127.5).round().clamp(0.0, 255.0) / 127.5 - 1.0
 }
 
-/// `n` samples from a generator with noise seeded by (seed, purpose EVAL_NOISE), on the CPU,
+/// `n` samples from a generator with noise from the stream (seed, EvalNoise) drawn on the CPU,
 /// quantized to bytes.
 pub fn generate(g: &Generator, n: usize, seed: u64) -> Tensor {
-    crate::train::step::seed_stream(seed, crate::train::step::purpose::EVAL_NOISE, 0);
+    crate::seeds::seed_torch(seed, crate::seeds::Stream::EvalNoise, 0);
     let device = g.params.flat.device();
     let z = Tensor::randn([n as i64, g.latent], (Kind::Float, Device::Cpu));
     tch::no_grad(|| {
@@ -161,10 +161,20 @@ impl Evaluator {
         Ok(Evaluator { classifier, reference })
     }
 
-    /// Loads the classifier at `path` onto `device`.
+    /// Loads the classifier at `path` onto `device`; a missing file is an error that says how
+    /// to make one.
     pub fn load(path: &Path, device: Device) -> Result<Evaluator> {
         Evaluator::new(Classifier::load(path, device)?)
             .with_context(|| format!("classifier {}", path.display()))
+    }
+
+    /// Like `load`, but `Ok(None)` when there is no file at `path` (a report that scores
+    /// what it can); a file that is there must load.
+    pub fn load_if_present(path: &Path, device: Device) -> Result<Option<Evaluator>> {
+        match path.exists() {
+            true => Evaluator::load(path, device).map(Some),
+            false => Ok(None),
+        }
     }
 
     /// Evaluates images (n, 1 or 3, 28, 28) in [-1, 1]. With 3 channels each channel is
@@ -209,8 +219,8 @@ impl Report {
     pub fn to_json(&self) -> Map<String, Value> {
         let mut m = Map::new();
         m.insert("eval_n".into(), json!(self.n));
-        m.insert("fid".into(), json!(self.fid));
-        m.insert("classes_covered".into(), json!(self.classes_covered));
+        m.insert(crate::scalar_log::FID.into(), json!(self.fid));
+        m.insert(crate::scalar_log::CLASSES_COVERED.into(), json!(self.classes_covered));
         m.insert("kl_uniform".into(), json!(self.kl_uniform));
         m.insert("confidence".into(), json!(self.confidence));
         m.insert("class_histogram".into(), json!(self.histogram));

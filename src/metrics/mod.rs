@@ -10,6 +10,7 @@ pub mod server;
 pub mod targets;
 
 pub use crate::health::GradientHealth;
+use crate::model::Net;
 use anyhow::{Context, Result};
 use prometheus::{Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 use std::collections::HashMap;
@@ -22,24 +23,6 @@ use std::collections::HashMap;
 /// PyTorch's rendezvous (29400) and master (29500) ports; and below Linux's ephemeral range
 /// (32768-60999), where a listener can collide with an outgoing connection's port.
 pub const DEFAULT_PORT_BASE: u16 = 19400;
-
-/// The two networks, as label values.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Net {
-    Critic,
-    Generator,
-}
-
-impl Net {
-    pub const ALL: [Net; 2] = [Net::Critic, Net::Generator];
-
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Net::Critic => "critic",
-            Net::Generator => "generator",
-        }
-    }
-}
 
 /// Every state of the gradient-health detector, in gauge order.
 pub const HEALTH_STATES: [GradientHealth; 4] =

@@ -1,5 +1,7 @@
 //! The WGAN-GP paper's MNIST generator and critic (its reference code's architecture), with
-//! PyTorch's default initialisation and parameters held in one flat buffer per network.
+//! PyTorch's default initialisation and parameters held in one flat buffer per network; and
+//! `Net`, the name of either network wherever it is needed (trainer, scalar log, metrics,
+//! checkpoints).
 
 pub mod ema;
 pub mod params;
@@ -7,7 +9,74 @@ pub mod spectral_norm;
 
 use crate::config::ModelConfig;
 use params::{ParamBuilder, ParamSet};
+use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
+
+/// One of the two networks of the GAN.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Net {
+    Critic,
+    Generator,
+}
+
+impl Net {
+    /// In update order within an iteration.
+    pub const ALL: [Net; 2] = [Net::Critic, Net::Generator];
+
+    /// "critic" or "generator": metric labels, checkpoint tensor names, messages.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Net::Critic => "critic",
+            Net::Generator => "generator",
+        }
+    }
+
+    /// "d" or "g": the prefix of the network's keys in the scalar log.
+    pub fn prefix(self) -> &'static str {
+        match self {
+            Net::Critic => "d",
+            Net::Generator => "g",
+        }
+    }
+}
+
+/// One value for each network, indexed by `Net`; serialised as {"critic": .., "generator": ..}.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PerNet<T> {
+    pub critic: T,
+    pub generator: T,
+}
+
+impl<T> PerNet<T> {
+    /// Builds each network's value.
+    pub fn from_fn(mut f: impl FnMut(Net) -> T) -> Self {
+        PerNet { critic: f(Net::Critic), generator: f(Net::Generator) }
+    }
+
+    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> PerNet<U> {
+        PerNet { critic: f(&self.critic), generator: f(&self.generator) }
+    }
+}
+
+impl<T> std::ops::Index<Net> for PerNet<T> {
+    type Output = T;
+    fn index(&self, net: Net) -> &T {
+        match net {
+            Net::Critic => &self.critic,
+            Net::Generator => &self.generator,
+        }
+    }
+}
+
+impl<T> std::ops::IndexMut<Net> for PerNet<T> {
+    fn index_mut(&mut self, net: Net) -> &mut T {
+        match net {
+            Net::Critic => &mut self.critic,
+            Net::Generator => &mut self.generator,
+        }
+    }
+}
 
 /// Slope of the critic's leaky ReLU, as in the paper's code.
 pub const LEAKY_SLOPE: f64 = 0.2;
@@ -44,13 +113,9 @@ pub struct Critic {
 const CRITIC_WEIGHTS: [usize; 4] = [0, 2, 4, 6];
 
 impl Generator {
-    /// Draws initial weights from libtorch's global generator (seed it first).
-    pub fn new(cfg: &ModelConfig, device: Device) -> Self {
-        Self::with_channels(cfg, 1, device)
-    }
-
-    /// A generator of `channels`-channel images; with 1 it is exactly `new`.
-    pub fn with_channels(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
+    /// A generator of `channels`-channel images (the data set's: `Dataset::channels`), its
+    /// initial weights drawn from libtorch's global generator (seed it first).
+    pub fn new(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
         let (d, l) = (cfg.dim, cfg.latent);
         let mut b = ParamBuilder::new(device);
         b.uniform("fc.weight", &[4 * 4 * 4 * d, l], bound(l));
@@ -61,6 +126,11 @@ impl Generator {
             b.uniform(&format!("{name}.bias"), &[cout], bound(cout * 25));
         }
         Generator { params: b.build(), dim: d, latent: l, channels }
+    }
+
+    /// The same network with weights of its own, equal to these; draws nothing.
+    pub fn copy(&self) -> Generator {
+        Generator { params: self.params.copy(), ..*self }
     }
 
     pub fn forward(&self, z: &Tensor) -> Tensor {
@@ -78,12 +148,9 @@ impl Generator {
 }
 
 impl Critic {
-    pub fn new(cfg: &ModelConfig, device: Device) -> Self {
-        Self::with_channels(cfg, 1, device)
-    }
-
-    /// A critic of `channels`-channel images; with 1 it is exactly `new`.
-    pub fn with_channels(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
+    /// A critic of `channels`-channel images (the data set's), its initial weights and
+    /// spectral-norm vectors drawn from libtorch's global generator (seed it first).
+    pub fn new(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
         let d = cfg.dim;
         let mut b = ParamBuilder::new(device);
         for (name, cin, cout) in [("conv1", channels, d), ("conv2", d, 2 * d), ("conv3", 2 * d, 4 * d)] {
@@ -159,8 +226,8 @@ mod tests {
     fn shapes_and_ranges() {
         tch::manual_seed(0);
         let cfg = ModelConfig { dim: 8, latent: 16, ..Default::default() };
-        let g = Generator::new(&cfg, Device::Cpu);
-        let d = Critic::new(&cfg, Device::Cpu);
+        let g = Generator::new(&cfg, 1, Device::Cpu);
+        let d = Critic::new(&cfg, 1, Device::Cpu);
         let x = g.forward(&Tensor::randn([3, 16], (Kind::Float, Device::Cpu)));
         assert_eq!(x.size(), vec![3, 1, 28, 28]);
         assert!(x.abs().max().double_value(&[]) <= 1.0);
@@ -172,24 +239,28 @@ mod tests {
     #[test]
     fn three_channel_networks_for_stacked_mnist() {
         let cfg = ModelConfig { dim: 4, latent: 8, ..ModelConfig::default() };
-        let g = Generator::with_channels(&cfg, 3, Device::Cpu);
-        let d = Critic::with_channels(&cfg, 3, Device::Cpu);
+        let g = Generator::new(&cfg, 3, Device::Cpu);
+        let d = Critic::new(&cfg, 3, Device::Cpu);
         let x = g.forward(&Tensor::randn([2, 8], (Kind::Float, Device::Cpu)));
         assert_eq!(x.size(), vec![2, 3, 28, 28]);
         assert_eq!(d.forward(&x).size(), vec![2]);
         assert_eq!(d.params.get("conv1.weight").size(), vec![4, 3, 5, 5]);
-        // One channel is the default network, drawn identically from the same seed.
-        tch::manual_seed(5);
-        let a = Generator::with_channels(&cfg, 1, Device::Cpu);
-        tch::manual_seed(5);
-        let b = Generator::new(&cfg, Device::Cpu);
-        assert!(a.params.flat.equal(&b.params.flat));
+        // A copy (the EMA generator's start) has the original's channels and values, and
+        // storage of its own.
+        let c = g.copy();
+        assert_eq!(c.channels, 3);
+        assert!(c.params.flat.equal(&g.params.flat));
+        assert_eq!(c.forward(&Tensor::zeros([1, 8], (Kind::Float, Device::Cpu))).size(), vec![1, 3, 28, 28]);
+        tch::no_grad(|| {
+            let _ = c.params.flat.shallow_clone().g_add_scalar_(1.0);
+        });
+        assert!(!c.params.flat.equal(&g.params.flat));
     }
 
     #[test]
     fn parameters_are_views_of_the_flat_buffer() {
         tch::manual_seed(0);
-        let d = Critic::new(&ModelConfig { dim: 4, latent: 8, ..Default::default() }, Device::Cpu);
+        let d = Critic::new(&ModelConfig { dim: 4, latent: 8, ..Default::default() }, 1, Device::Cpu);
         let before = d.params.get("fc.bias").double_value(&[0]);
         tch::no_grad(|| {
             let _ = d.params.flat.shallow_clone().g_add_scalar_(1.0);
@@ -206,9 +277,9 @@ mod tests {
     fn spectral_norm_makes_each_critic_weight_1_lipschitz() {
         let cfg = ModelConfig { dim: 4, latent: 8, spectral_norm: true, sn_power_iterations: 50 };
         tch::manual_seed(5);
-        let mut d = Critic::new(&cfg, Device::Cpu);
+        let mut d = Critic::new(&cfg, 1, Device::Cpu);
         tch::manual_seed(5);
-        let plain = Critic::new(&ModelConfig { spectral_norm: false, ..cfg.clone() }, Device::Cpu);
+        let plain = Critic::new(&ModelConfig { spectral_norm: false, ..cfg.clone() }, 1, Device::Cpu);
         assert!(d.params.flat.equal(&plain.params.flat));
         d.power_iterate();
         let eff = d.effective_params();
@@ -225,7 +296,7 @@ mod tests {
     fn initialisation_matches_pytorch_bounds() {
         // PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the sample max approaches the bound.
         tch::manual_seed(1);
-        let g = Generator::new(&ModelConfig { dim: 16, latent: 128, ..Default::default() }, Device::Cpu);
+        let g = Generator::new(&ModelConfig { dim: 16, latent: 128, ..Default::default() }, 1, Device::Cpu);
         let w = g.params.get("fc.weight");
         let b = 1.0 / 128f64.sqrt();
         let m = w.abs().max().double_value(&[]);

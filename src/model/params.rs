@@ -36,20 +36,40 @@ impl ParamBuilder {
         let shapes: Vec<Vec<i64>> = self.tensors.iter().map(|t| t.size()).collect();
         let flat = Tensor::cat(&self.tensors.iter().map(|t| t.flatten(0, -1)).collect::<Vec<_>>(), 0)
             .to_device(self.device);
-        let mut tensors = Vec::with_capacity(shapes.len());
-        let mut offset = 0;
-        for shape in &shapes {
-            let numel: i64 = shape.iter().product();
-            let mut p = Tensor::zeros([0], (Kind::Float, self.device)).set_requires_grad(true);
-            p.set_data(&flat.narrow(0, offset, numel).view(shape.as_slice()));
-            tensors.push(p);
-            offset += numel;
-        }
-        ParamSet { names: self.names, shapes, tensors, flat }
+        ParamSet::on_flat(self.names, shapes, flat)
     }
 }
 
 impl ParamSet {
+    /// Parameters named and shaped as given, each a view of `flat` (which it takes as storage).
+    fn on_flat(names: Vec<String>, shapes: Vec<Vec<i64>>, flat: Tensor) -> ParamSet {
+        let device = flat.device();
+        let mut tensors = Vec::with_capacity(shapes.len());
+        let mut offset = 0;
+        for shape in &shapes {
+            let numel: i64 = shape.iter().product();
+            let mut p = Tensor::zeros([0], (Kind::Float, device)).set_requires_grad(true);
+            p.set_data(&flat.narrow(0, offset, numel).view(shape.as_slice()));
+            tensors.push(p);
+            offset += numel;
+        }
+        ParamSet { names, shapes, tensors, flat }
+    }
+
+    /// A copy with storage of its own (same names, shapes and values); draws nothing.
+    pub fn copy(&self) -> ParamSet {
+        let flat = tch::no_grad(|| self.flat.detach().copy());
+        ParamSet::on_flat(self.names.clone(), self.shapes.clone(), flat)
+    }
+
+    /// Each parameter's part of `flat`, a buffer laid out like this set's (a gradient, a
+    /// moment, an average), as named views.
+    pub fn views<'a>(&'a self, flat: &'a Tensor) -> impl Iterator<Item = (&'a str, Tensor)> + 'a {
+        self.names.iter().zip(&self.shapes).zip(self.offsets()).map(move |((name, shape), (o, n))| {
+            (name.as_str(), flat.detach().narrow(0, o, n).view(shape.as_slice()))
+        })
+    }
+
     pub fn numel(&self) -> i64 {
         self.flat.numel() as i64
     }

@@ -1,37 +1,17 @@
-//! Connects the training loop to the metrics: starts this rank's exporter and the run's
-//! Prometheus targets file, and turns each update's `UpdateStats` into metric values.
+//! Connects the training loop to the Prometheus metrics: starts this rank's exporter and the
+//! run's Prometheus targets file, and turns each update's `UpdateStats` into metric values.
 
-use super::phases::Phase;
-use super::{Trainer, UpdateStats};
+use super::timing::Stage;
+use super::{IterationStats, Trainer, UpdateStats};
 use crate::config::MetricsConfig;
 use crate::dist::Collective;
 use crate::metrics::server::Server;
-use crate::metrics::{targets, Metrics, Net};
+use crate::metrics::{targets, Metrics};
+use crate::model::Net;
+use crate::scalar_log::{self as log, LOSS_TERMS};
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::Device;
-
-/// A loss scalar of an update (`UpdateStats` name) and the (net, term) it is exported as.
-pub struct LossTerm {
-    pub key: &'static str,
-    pub net: Net,
-    pub term: &'static str,
-}
-
-/// Every loss term the trainer reports. A new term is one line here: Prometheus
-/// (`gandist_loss{net,term}`) and the loss plot both follow this table.
-pub const LOSS_TERMS: &[LossTerm] = &[
-    LossTerm { key: "d_loss", net: Net::Critic, term: "total" },
-    LossTerm { key: "d_adv", net: Net::Critic, term: "adversarial" },
-    LossTerm { key: "d_gp", net: Net::Critic, term: "gradient_penalty" },
-    LossTerm { key: "g_loss", net: Net::Generator, term: "total" },
-    LossTerm { key: "d_l2", net: Net::Critic, term: "l2" },
-    LossTerm { key: "d_hist_avg", net: Net::Critic, term: "historical_averaging" },
-    LossTerm { key: "g_adv", net: Net::Generator, term: "adversarial" },
-    LossTerm { key: "g_fm", net: Net::Generator, term: "feature_matching" },
-    LossTerm { key: "g_l2", net: Net::Generator, term: "l2" },
-    LossTerm { key: "g_hist_avg", net: Net::Generator, term: "historical_averaging" },
-];
 
 /// The port of this rank's exporter: `port_base + local_rank`, or 0 (any free port) for all.
 pub fn exporter_port(port_base: u16, local_rank: usize) -> Result<u16> {
@@ -102,50 +82,27 @@ impl Monitor {
     }
 
     /// Records one iteration: its critic updates, then its generator update.
-    pub fn record_iteration(&self, t: &Trainer, critic: &[UpdateStats], generator: &UpdateStats) {
+    pub fn record_iteration(&self, t: &Trainer, it: &IterationStats) {
         let m = &self.metrics;
-        for s in critic {
-            record_update(m, Net::Critic, s, t.opt_d.lr);
+        for s in &it.critic {
+            record_update(m, Net::Critic, s, t.nets.critic.optimizer.lr);
             if !s.skipped {
                 m.add_images(t.local_batch as u64);
             }
-            if let Some(w) = s.get("wasserstein") {
+            if let Some(w) = s.get(log::WASSERSTEIN) {
                 m.set_wasserstein(w);
             }
-            if let Some(n) = s.get("gp_grad_norm") {
+            if let Some(n) = s.get(log::GP_GRAD_NORM) {
                 m.set_gp_input_grad_norm(n);
             }
         }
-        record_update(m, Net::Generator, generator, t.opt_g.lr);
-        m.set_gradient_health(Net::Critic, t.health_d.state());
-        m.set_gradient_health(Net::Generator, t.health_g.state());
-        m.set_step(t.step);
-    }
-
-}
-
-/// One update's values into the metrics of its network.
-fn record_update(m: &Metrics, net: Net, s: &UpdateStats, lr: f64) {
-    m.count_update(net, s.skipped);
-    for term in LOSS_TERMS.iter().filter(|t| t.net == net) {
-        if let Some(v) = s.get(term.key) {
-            m.set_loss(net, term.term, v);
+        record_update(m, Net::Generator, &it.generator, t.nets.generator.optimizer.lr);
+        for net in Net::ALL {
+            m.set_gradient_health(net, t.nets[net].health.state());
         }
+        m.set_step(t.counters.step);
     }
-    if let Some(c) = s.clip {
-        m.set_grad_norms(net, c.norm_before, c.norm_after, c.clipped);
-    }
-    for (layer, v) in &s.layer_norms {
-        m.set_layer_grad_norm(net, layer, *v);
-    }
-    for p in Phase::ALL {
-        m.observe_phase(net, p.name(), s.phases.get(p));
-    }
-    m.add_allreduce_bytes(net, s.allreduce_bytes);
-    m.set_learning_rate(net, lr);
-}
 
-impl Monitor {
     /// The exporter's address.
     pub fn addr(&self) -> std::net::SocketAddr {
         self.server.addr()
@@ -163,6 +120,27 @@ impl Monitor {
         }
         Ok(())
     }
+}
+
+/// One update's values into the metrics of its network.
+fn record_update(m: &Metrics, net: Net, s: &UpdateStats, lr: f64) {
+    m.count_update(net, s.skipped);
+    for term in LOSS_TERMS.iter().filter(|t| t.net == net) {
+        if let Some(v) = s.get(term.key) {
+            m.set_loss(net, term.term, v);
+        }
+    }
+    if let Some(c) = s.clip {
+        m.set_grad_norms(net, c.norm_before, c.norm_after, c.clipped);
+    }
+    for (layer, v) in &s.layer_norms {
+        m.set_layer_grad_norm(net, layer, *v);
+    }
+    for stage in Stage::ALL {
+        m.observe_phase(net, stage.name(), s.times.get(stage));
+    }
+    m.add_allreduce_bytes(net, s.allreduce_bytes);
+    m.set_learning_rate(net, lr);
 }
 
 fn list(targets: &[targets::Target]) -> String {
@@ -185,13 +163,13 @@ mod tests {
     #[test]
     fn an_update_lands_in_its_networks_series() {
         use crate::optim::ClipReport;
-        use crate::train::phases::PhaseTimes;
+        use crate::train::timing::StageTimes;
         let m = Metrics::new(0).unwrap();
         let s = UpdateStats {
             scalars: vec![("d_loss", 8.5), ("d_adv", -1.5), ("d_gp", 1.0), ("g_loss", 99.0)],
             clip: Some(ClipReport { norm_before: 12.0, norm_after: 10.0, clipped: true }),
             layer_norms: vec![("conv1".into(), 3.0), ("fc".into(), 4.0)],
-            phases: PhaseTimes([0.001, 0.002, 0.003, 0.004, 0.005]),
+            times: StageTimes([0.001, 0.002, 0.003, 0.004, 0.005]),
             allreduce_bytes: 400,
             ..UpdateStats::default()
         };
@@ -215,15 +193,5 @@ mod tests {
         assert_eq!(v("gandist_learning_rate", &[critic]), 2e-4);
         assert_eq!(v("gandist_step_phase_seconds_count", &[critic, ("phase", "optimizer")]), 2.0);
         assert!((v("gandist_step_phase_seconds_sum", &[critic, ("phase", "backward")]) - 0.003).abs() < 1e-12);
-    }
-
-    #[test]
-    fn loss_terms_are_unique_and_snake_case() {
-        for (i, a) in LOSS_TERMS.iter().enumerate() {
-            assert!(a.term.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'), "{}", a.term);
-            for b in &LOSS_TERMS[i + 1..] {
-                assert!(a.key != b.key && (a.net, a.term) != (b.net, b.term), "{} / {}", a.key, b.key);
-            }
-        }
     }
 }

@@ -1,0 +1,112 @@
+//! Checkpoints of the format before this one (version 1, written by gandist at commit 0ac1dc9:
+//! tests/fixtures/checkpoint-v1, whose README has the command) resume with this build and
+//! continue exactly as the trainer that wrote them did; `sample` reads them; a checkpoint of
+//! a format this build does not know is refused with a message naming its version.
+
+mod common;
+use common::*;
+use serde_json::Value;
+use std::path::{Path, PathBuf};
+
+fn fixture(step: u64) -> PathBuf {
+    repo().join("tests/fixtures/checkpoint-v1").join(gandist::checkpoint::dir_name(step))
+}
+
+/// The fixture run's settings (on configs/smoke.toml).
+const SETS: &[&str] = &[
+    "model.dim=1",
+    "model.latent=4",
+    "data.batch_size=4",
+    "data.limit=64",
+    "train.iterations=4",
+    "train.checkpoint_every=2",
+    "train.sample_every=2",
+    "train.log_every=1",
+    "ema.half_life_steps=2",
+    "regularize.hist_avg_d=1e-3",
+    "regularize.hist_avg_g=1e-3",
+    "model.spectral_norm=true",
+    "faults.nan_critic_updates=[1]",
+];
+
+fn train_args(run: &Path, resume: &str) -> Vec<String> {
+    let mut v: Vec<String> = ["train", "--config", smoke_config().to_str().unwrap(), "--data", mnist_dir().to_str().unwrap(), "--run-dir", run.to_str().unwrap()]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+    for s in SETS {
+        v.extend(["--set".to_string(), s.to_string()]);
+    }
+    v.extend(["--resume".to_string(), resume.to_string()]);
+    v
+}
+
+/// A run directory holding a copy of the fixture's step-2 checkpoint.
+fn run_with_step_2(tmp: &Path) -> PathBuf {
+    let run = tmp.join("run");
+    let dst = run.join("checkpoints").join(gandist::checkpoint::dir_name(2));
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["meta.json", "state.safetensors"] {
+        std::fs::copy(fixture(2).join(f), dst.join(f)).unwrap();
+    }
+    run
+}
+
+fn meta(dir: &Path) -> Value {
+    serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap()
+}
+
+#[test]
+fn a_format_1_checkpoint_resumes_and_continues_exactly() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_with_step_2(tmp.path());
+    let args = train_args(&run, "auto");
+    let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    assert!(out.contains("resumed from") && out.contains("at step 2"), "{out}");
+    // Every tensor as the old trainer reached it, bit for bit.
+    let got = state(&run.join("checkpoints/step-000000004"));
+    let want = state(&fixture(4));
+    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
+    for (k, w) in &want {
+        assert!(w.iter().zip(&got[k]).all(|(a, b)| a.to_bits() == b.to_bits()), "{k} differs from the old trainer's step 4");
+    }
+    // The counters and detectors came through: the new record says what the old one did.
+    let (new, old) = (meta(&run.join("checkpoints/step-000000004")), meta(&fixture(4)));
+    assert_eq!((new["format_version"].as_u64(), old["format_version"].as_u64()), (Some(2), Some(1)));
+    let c = &new["trainer"]["counters"];
+    assert_eq!(c["step"].as_u64(), old["step"].as_u64());
+    assert_eq!(c["critic_step"].as_u64(), old["critic_step"].as_u64());
+    assert_eq!(c["applied"]["critic"].as_f64(), old["extra"]["opt_d_steps"].as_f64());
+    assert_eq!(c["applied"]["generator"].as_f64(), old["extra"]["opt_g_steps"].as_f64());
+    assert_eq!(c["skipped_updates"].as_f64(), old["extra"]["skipped_updates"].as_f64());
+    assert_eq!(c["skipped_updates"].as_u64(), Some(1), "the fixture's run skipped one update");
+    assert_eq!(c["lr_scale"].as_f64(), old["extra"]["lr_scale"].as_f64());
+    for net in ["critic", "generator"] {
+        assert_eq!(new["trainer"]["health"][net], old["health"][net], "{net} detector");
+    }
+    for k in ["config_hash", "config", "world_size"] {
+        assert_eq!(new[k], old[k], "{k}");
+    }
+    // `sample` reads a format-1 checkpoint (its EMA weights) directly.
+    let png = tmp.path().join("old.png");
+    let out = ok(&["sample", "--checkpoint", fixture(2).to_str().unwrap(), "--n", "4", "--out", png.to_str().unwrap()]);
+    assert!(out.contains("EMA weights") && out.contains("step 2"), "{out}");
+}
+
+#[test]
+fn an_unknown_format_version_is_refused_by_name() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = run_with_step_2(tmp.path());
+    let dir = run.join("checkpoints/step-000000002");
+    let text = std::fs::read_to_string(dir.join("meta.json")).unwrap();
+    std::fs::write(dir.join("meta.json"), text.replace("\"format_version\": 1", "\"format_version\": 7")).unwrap();
+    let needles = ["format version 7", "reads format versions 1 to 2"];
+    let args = train_args(&run, dir.to_str().unwrap());
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &needles);
+    // With --resume auto it is the only checkpoint, so none is usable: the reason is named.
+    let args = train_args(&run, "auto");
+    fails(&args.iter().map(String::as_str).collect::<Vec<_>>(), &["no usable checkpoint", needles[0]]);
+    let png = tmp.path().join("x.png");
+    fails(&["sample", "--checkpoint", dir.to_str().unwrap(), "--out", png.to_str().unwrap()], &needles);
+    assert!(!png.exists());
+}
