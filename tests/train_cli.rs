@@ -144,3 +144,21 @@ fn host_reads_happen_at_sync_steps_only() {
     assert!(at_sync >= 3, "{line}");
     assert!(out.contains("rank 0/1 (local 0/1) on host") && out.contains("backend local"), "{out}");
 }
+
+/// With a lazy penalty (every 4th critic update) no logged update of this run applies it, yet
+/// every progress line shows the newest computed penalty value, never NaN.
+#[test]
+fn lazy_penalty_progress_lines_show_the_newest_value() {
+    let data = mnist_dir();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    // Smoke: 2 critic updates per iteration, a log every 2 iterations: the penalty falls on
+    // critic updates 0, 4, 8, the logged ones are 3, 7, 11.
+    let sets = ["--set", "loss.penalty_every=4", "--set", "train.log_every=2"];
+    let out = ok(&train_args(run.to_str().unwrap(), data.to_str().unwrap(), &sets));
+    let lines: Vec<&str> = out.lines().filter(|l| l.contains(" d_loss ")).collect();
+    assert_eq!(lines.len(), 3, "{out}");
+    assert!(lines.iter().all(|l| l.contains(" gp ") && !l.contains("NaN")), "{out}");
+    let log = std::fs::read_to_string(run.join("metrics.jsonl")).unwrap();
+    assert!(!log.contains("\"d_gp\""), "the logged updates should not be penalty updates: {log}");
+}

@@ -56,7 +56,7 @@ pub fn rollback_record(t: &Trainer) -> Map<String, Value> {
 }
 
 /// The progress line's figures from a record, with any unhealthy detector.
-pub fn progress_line(r: &Map<String, Value>) -> String {
+pub fn progress_line(r: &Map<String, Value>, last_gp: Option<f64>) -> String {
     let f = |k: &str| number(r, k).unwrap_or(f64::NAN);
     let mut health = String::new();
     for net in Net::ALL {
@@ -64,12 +64,14 @@ pub fn progress_line(r: &Map<String, Value>) -> String {
             health.push_str(&format!(" {}-grad {s}", net.prefix()));
         }
     }
+    // A lazy penalty is absent from most updates' records: show the newest computed value,
+    // or nothing before the first one (and when the run has no penalty).
+    let gp = number(r, log::D_GP.key).or(last_gp).map(|v| format!(" gp {v:.4}")).unwrap_or_default();
     format!(
-        "d_loss {:.4} g_loss {:.4} W {:.4} gp {:.4} |gd| {:.3} |gg| {:.3} {:.0} img/s{health}",
+        "d_loss {:.4} g_loss {:.4} W {:.4}{gp} |gd| {:.3} |gg| {:.3} {:.0} img/s{health}",
         f(log::D_LOSS.key),
         f(log::G_LOSS.key),
         f(log::WASSERSTEIN),
-        f(log::D_GP.key),
         f(&log::grad_norm(Net::Critic)),
         f(&log::grad_norm(Net::Generator)),
         f(log::IMAGES_PER_SECOND)
@@ -146,6 +148,15 @@ mod tests {
                "images_per_second": 99.6, "d_health": "healthy", "g_health": "vanishing"}"#,
         )
         .unwrap();
-        assert_eq!(progress_line(&r), "d_loss 1.5000 g_loss -0.2500 W 0.1250 gp 0.5000 |gd| 3.000 |gg| 0.500 100 img/s g-grad vanishing");
+        assert_eq!(progress_line(&r, Some(9.0)), "d_loss 1.5000 g_loss -0.2500 W 0.1250 gp 0.5000 |gd| 3.000 |gg| 0.500 100 img/s g-grad vanishing");
+    }
+
+    /// Between the updates of a lazy penalty the line shows the newest computed value; before
+    /// the first (or without a penalty) it shows no gp at all, never NaN.
+    #[test]
+    fn progress_line_without_a_penalty_term() {
+        let r: Map<String, Value> = serde_json::from_str(r#"{"d_loss": 1.0, "g_loss": 2.0, "wasserstein": 0.5, "d_grad_norm": 1.0, "g_grad_norm": 1.0, "images_per_second": 10}"#).unwrap();
+        assert_eq!(progress_line(&r, Some(0.25)), "d_loss 1.0000 g_loss 2.0000 W 0.5000 gp 0.2500 |gd| 1.000 |gg| 1.000 10 img/s");
+        assert_eq!(progress_line(&r, None), "d_loss 1.0000 g_loss 2.0000 W 0.5000 |gd| 1.000 |gg| 1.000 10 img/s");
     }
 }

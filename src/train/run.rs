@@ -50,6 +50,8 @@ pub struct Run<'a> {
     start_step: u64,
     rollbacks: u32,
     reads: ReadTally,
+    /// The newest penalty value any synced critic update computed (for the progress line).
+    last_gp: Option<f64>,
 }
 
 /// Which of a step's duties are due; the same on every rank (a function of the step, the
@@ -242,6 +244,7 @@ impl<'a> Run<'a> {
             start_step: step,
             rollbacks: 0,
             reads: ReadTally::default(),
+            last_gp: None,
             trainer,
             cfg,
             opts,
@@ -288,6 +291,9 @@ impl<'a> Run<'a> {
     fn sync_step(&mut self, due: &Due) -> Result<bool> {
         self.reads.sync_steps += 1;
         let iterations = IterationStats::group(self.trainer.sync()?);
+        if let Some(gp) = iterations.iter().flat_map(|it| &it.critic).filter_map(|u| u.get(log::D_GP.key)).last() {
+            self.last_gp = Some(gp);
+        }
         if let Some(m) = &self.monitor {
             for it in &iterations {
                 m.record_iteration(&self.trainer, it);
@@ -346,7 +352,7 @@ impl<'a> Run<'a> {
             log.write(&record)?;
         }
         if let Some(p) = &self.progress {
-            p.report(report::progress_line(&record));
+            p.report(report::progress_line(&record, self.last_gp));
         }
         Ok(())
     }
