@@ -80,9 +80,11 @@ done
 jq -c '.[]' "$targets"
 mkdir -p "$work/prom"
 cp monitoring/prometheus/alerts.yml "$work/prom/"
-sed -e "s#/gandist-run/prometheus-targets.json#$targets#" -e 's/scrape_interval: .*/scrape_interval: 1s/' \
+sed -e "s#/gandist-sd/gandist-\\*\\.json#$targets#" -e 's/scrape_interval: .*/scrape_interval: 1s/' \
   -e 's/scrape_timeout: .*/scrape_timeout: 900ms/' -e 's/evaluation_interval: .*/evaluation_interval: 1s/' \
   -e 's/refresh_interval: .*/refresh_interval: 1s/' monitoring/prometheus/prometheus.yml >"$work/prom/prometheus.yml"
+grep -qF "$targets" "$work/prom/prometheus.yml" \
+  || fail "the shipped monitoring/prometheus/prometheus.yml no longer has the file_sd glob this test points at the run's targets file"
 head_ip="$(node_ip gds0)"
 # On the head node, whose /etc/hosts names every node: the targets carry node host names.
 node_exec gds0 prometheus --config.file="$work/prom/prometheus.yml" --storage.tsdb.path="$work/prom/data" \
