@@ -16,12 +16,15 @@ cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 tmp="$(mktemp -d /tmp/gandist-setup.XXXXXX)"
 trap 'rm -rf "$tmp"' EXIT
 
-# Base tools of the image that other software here depends on: never removed.
+# Base tools of the image that other software here depends on, and Debian's essential
+# packages (util-linux): never removed.
 keep=" python3 build-essential pkg-config curl iproute2 npm python3-venv "
-installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
+installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
+essential() { [ "$(dpkg-query -W -f='${Essential}' "$1" 2>/dev/null)" = yes ]; }
 remove=()
 while IFS='|' read -r _ _ pkg; do
   case "$keep" in *" $pkg "*) continue ;; esac
+  essential "$pkg" && continue
   installed "$pkg" && remove+=("$pkg")
 done < <(GANDIST_SETUP_LIST=1 bash launch/setup.sh)
 remove=($(printf '%s\n' "${remove[@]}" | sort -u))
@@ -57,7 +60,11 @@ cargo build -q -p mpi-sys --target-dir "$tmp/target"
 echo "--- mpirun"
 [ "$(mpirun -n 2 --oversubscribe echo rank | grep -c rank)" = 2 ] || { echo "FAIL: mpirun -n 2"; exit 1; }
 echo "--- daemons and tools"
-slurmctld -V && slurmd -V && sbatch --version && munged --version && prometheus --version 2>&1 | head -1 \
-  && promtool --version 2>&1 | head -1 && jq --version
+for c in "slurmctld -V" "slurmd -V" "munged --version" "mungekey --version" "prometheus --version" "promtool --version" "jq --version"; do
+  v="$($c 2>&1)" || { echo "FAIL: $c: $v"; exit 1; }
+  echo "$c: ${v%%$'\n'*}"
+done
+# The Slurm client reads a cluster's configuration even for --version: that it runs is enough.
+for c in sbatch srun scontrol squeue; do command -v "$c" >/dev/null || { echo "FAIL: no $c"; exit 1; }; done
 GANDIST_SETUP_CHECK=1 GANDIST_SETUP_ONLY=system bash launch/setup.sh
 echo "PASS: set-up installs every need on a machine without ${remove[*]}"
