@@ -2,7 +2,9 @@
 //! (`--bind-to core` is its default for two or fewer ranks), Slurm's `--cpus-per-task`
 //! binding, `taskset` or a cpuset cgroup narrow. libtorch's own default counts every core of
 //! the machine, so ranks bound to a few cores would each start too many threads. The one
-//! thread policy of every command that trains (`train`, `bench`, `ablate`) is `set_threads`.
+//! thread policy of every command that trains (`train`, `bench`, `ablate`) is `set_threads`;
+//! `eval` follows the same policy as one process alone, so it computes with the thread count
+//! (and so the summation order) that periodic evaluation in a one-process run used.
 
 use anyhow::{bail, Result};
 use std::hash::{Hash, Hasher};
@@ -66,6 +68,17 @@ pub fn set_threads(cfg: &crate::config::Config, comm: &dyn crate::dist::Collecti
     let (n, how) = threads_per_rank(cfg, comm)?;
     tch::set_num_threads(n);
     tracing::info!("libtorch CPU threads: {n} ({how})");
+    Ok(())
+}
+
+/// The thread count of a one-process run (`threads_per_rank` with no other rank): every CPU
+/// of the affinity mask. For commands that score what training wrote (`eval`): libtorch's own
+/// default may differ, and a different count sums in a different order (FID then differs in
+/// the sixth digit).
+pub fn set_threads_alone() -> Result<()> {
+    let n = threads_for(allowed()?.len(), 1);
+    tch::set_num_threads(n as i32);
+    tracing::info!("libtorch CPU threads: {n} (affinity mask, one process)");
     Ok(())
 }
 

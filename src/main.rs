@@ -111,6 +111,11 @@ enum Command {
         /// With --checkpoint, which generator weights: the EMA ones when the run kept them (auto), or not.
         #[arg(long, value_enum, default_value_t = Weights::Auto)]
         weights: Weights,
+        /// CPU threads (0 = the cores of this process's affinity mask, as a one-process `train`
+        /// with train.threads = 0). Give the run's train.threads to reproduce its logged FID
+        /// to the last digit: the thread count changes the summation order.
+        #[arg(long, default_value_t = 0)]
+        threads: i32,
     },
     /// The MNIST classifier that `eval` uses.
     Classifier {
@@ -289,7 +294,12 @@ fn run(cli: Cli) -> Result<ExitCode> {
             }
             Ok(ExitCode::SUCCESS)
         }
-        Command::Eval { checkpoint, samples, n, seed, data, classifier, weights } => {
+        Command::Eval { checkpoint, samples, n, seed, data, classifier, weights, threads } => {
+            if threads > 0 {
+                tch::set_num_threads(threads);
+            } else {
+                gandist::cpus::set_threads_alone()?;
+            }
             eval(checkpoint.as_deref(), samples.as_deref(), n, seed, data.as_deref(), classifier.as_deref(), weights)?;
             Ok(ExitCode::SUCCESS)
         }
