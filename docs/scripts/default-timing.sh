@@ -7,15 +7,15 @@
 # (training time since the loop started; data loading and set-up, about 1 s, excluded).
 #   docs/scripts/default-timing.sh OUT CLASSIFIER [SEEDS="0 1 2"]
 # Environment: GANDIST (default target/release/gandist), GANDIST_DATA (MNIST folder).
-# The old default is configs/cpu-default.toml of commit 8f9df64 (WGAN-GP, 2000 iterations),
-# written to OUT/old-default.toml. Table: docs/scripts/default-timing-summary.py OUT.
+# The old default is configs/wgan-gp-cpu.toml (configs/cpu-default.toml until commit 8ed47f5:
+# WGAN-GP, 2000 iterations). Table and plot: docs/scripts/default-timing-summary.py OUT [PNG].
 set -euo pipefail
 out=$(realpath -m "$1"); classifier=$(realpath "$2"); seeds=${3:-"0 1 2"}
 cd "$(dirname "${BASH_SOURCE[0]}")/../.."
 gandist=$(realpath "${GANDIST:-target/release/gandist}")
 data=$(realpath "${GANDIST_DATA:-data/mnist}")
 mkdir -p "$out"
-git show 8f9df64:configs/cpu-default.toml > "$out/old-default.toml"
+cp configs/wgan-gp-cpu.toml "$out/old-default.toml"
 cp configs/cpu-default.toml "$out/new-default.toml"
 runs=()
 for s in $seeds; do runs+=("new $s 500") ; done
