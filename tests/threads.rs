@@ -89,3 +89,37 @@ fn train_threads_follow_the_affinity_mask() {
     assert_eq!(threads_in(&train("one", Some(cpus[cpus.len() - 1]))).1, vec![1]);
     assert_eq!(threads_in(&train("all", None)).1, vec![cpus.len()]);
 }
+
+/// `eval` takes the thread count a one-process `train` would (the cores of its mask), so that
+/// it sums in the same order as periodic evaluation did; `--threads` overrides it.
+#[test]
+fn eval_threads_follow_the_affinity_mask_or_the_flag() {
+    let data = mnist_dir();
+    let samples = data.join("t10k-images-idx3-ubyte.gz");
+    let cpus = my_cpus();
+    // Any loadable classifier serves: the test reads the thread count, not the scores.
+    let tmp = tempfile::tempdir().unwrap();
+    let classifier = tmp.path().join("c.safetensors");
+    let mut c = Command::new(bin());
+    c.args(["classifier", "train", "--data", data.to_str().unwrap(), "--out", classifier.to_str().unwrap()])
+        .args(["--epochs", "1", "--limit", "200", "--min-accuracy", "0"]);
+    run(c);
+    let eval = |taskset: Option<usize>, extra: &[&str]| {
+        let mut c = match taskset {
+            Some(cpu) => {
+                let mut c = Command::new("taskset");
+                c.args(["-c", &cpu.to_string()]).arg(bin());
+                c
+            }
+            None => Command::new(bin()),
+        };
+        c.args(["eval", "--samples", samples.to_str().unwrap(), "--n", "50", "--data", data.to_str().unwrap()])
+            .args(["--classifier", classifier.to_str().unwrap()])
+            .args(extra);
+        run(c)
+    };
+    assert_eq!(threads_in(&eval(Some(cpus[cpus.len() - 1]), &[])).1, vec![1]);
+    assert_eq!(threads_in(&eval(None, &[])).1, vec![cpus.len()]);
+    // An explicit count is taken as given: no affinity line is logged.
+    assert_eq!(threads_in(&eval(None, &["--threads", "1"])).1, Vec::<usize>::new());
+}
