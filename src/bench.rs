@@ -5,7 +5,7 @@
 
 use crate::config::Config;
 use crate::data::{DeviceImages, Mnist};
-use crate::dist::Collective;
+use crate::collectives::Collective;
 use crate::train::{AllReduceStats, Trainer};
 use anyhow::Result;
 use std::rc::Rc;

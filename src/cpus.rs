@@ -51,7 +51,7 @@ pub fn threads_for(cores: usize, ranks_sharing: usize) -> usize {
 /// on the launcher (every core in a plain process, 1 under mpirun), not on the cores a rank
 /// has. A collective when the count is not configured. Returns the count and how it was
 /// chosen, for the log.
-pub fn threads_per_rank(cfg: &crate::config::Config, comm: &dyn crate::dist::Collective) -> Result<(i32, String)> {
+pub fn threads_per_rank(cfg: &crate::config::Config, comm: &dyn crate::collectives::Collective) -> Result<(i32, String)> {
     if cfg.train.threads > 0 {
         return Ok((cfg.train.threads, "train.threads".into()));
     }
@@ -64,7 +64,7 @@ pub fn threads_per_rank(cfg: &crate::config::Config, comm: &dyn crate::dist::Col
 }
 
 /// Sets libtorch's thread count for this rank (see `threads_per_rank`) and logs it.
-pub fn set_threads(cfg: &crate::config::Config, comm: &dyn crate::dist::Collective) -> Result<()> {
+pub fn set_threads(cfg: &crate::config::Config, comm: &dyn crate::collectives::Collective) -> Result<()> {
     let (n, how) = threads_per_rank(cfg, comm)?;
     tch::set_num_threads(n);
     tracing::info!("libtorch CPU threads: {n} ({how})");

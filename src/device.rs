@@ -37,7 +37,7 @@ pub fn auto_cpu_reason(name: &str, chosen: Device) -> Option<String> {
     if name != "auto" || chosen != Device::Cpu {
         return None;
     }
-    let gpus = crate::dist::cuda::driver().and_then(|d| d.device_count()).ok().filter(|&n| n > 0)?;
+    let gpus = crate::collectives::cuda::driver().and_then(|d| d.device_count()).ok().filter(|&n| n > 0)?;
     Some(format!(
         "train.device = \"auto\" chose the CPU although the CUDA driver sees {gpus} GPU(s): libtorch reports no CUDA (a CPU-only libtorch, a binary linked without libtorch_cuda, or a driver too old for libtorch's CUDA)"
     ))

@@ -289,7 +289,7 @@ fn train_args(run: &Path, sets: &[String]) -> Vec<String> {
     v
 }
 
-/// A setting that only rank 1 sees (an impossible device) fails it in `dist::init`, after MPI
+/// A setting that only rank 1 sees (an impossible device) fails it in `collectives::init`, after MPI
 /// started: the job ends at once on every rank, naming the rank and the setting, instead of
 /// leaving rank 0 waiting in the start-up gather.
 #[test]

@@ -7,7 +7,7 @@
 //! clean end of a run the run directory's file is emptied and the shared folder's file is
 //! removed, so that a finished run is not reported as ranks that went down.
 
-use crate::dist::Collective;
+use crate::collectives::Collective;
 use anyhow::{bail, Context, Result};
 use serde_json::json;
 use std::net::IpAddr;
@@ -155,7 +155,7 @@ mod tests {
 
     #[test]
     fn single_rank_gather_and_file_sd_format() {
-        let t = gather(&crate::dist::Local, "node-17.cluster.example", 19400, "node-17").unwrap();
+        let t = gather(&crate::collectives::Local, "node-17.cluster.example", 19400, "node-17").unwrap();
         assert_eq!(t, vec![target(0, "node-17.cluster.example", 19400, "node-17")]);
         let t2 = vec![t[0].clone(), target(1, "::1", 19401, "node-18")];
         let labels = RunLabels { run: "smoke".into(), slurm_job_id: Some("4242".into()) };
@@ -171,11 +171,11 @@ mod tests {
         let v: serde_json::Value = serde_json::from_str(&render(&t2[..1], &RunLabels { run: "r".into(), slurm_job_id: None })).unwrap();
         assert_eq!(v[0]["labels"], json!({"rank": "0", "run": "r", "node": "node-17"}));
         let long = "x".repeat(65);
-        assert!(gather(&crate::dist::Local, &long, 1, "n").is_err());
-        assert!(gather(&crate::dist::Local, "h", 1, &long).is_err());
+        assert!(gather(&crate::collectives::Local, &long, 1, "n").is_err());
+        assert!(gather(&crate::collectives::Local, "h", 1, &long).is_err());
         // A host of exactly 64 bytes survives the trip.
         let h64 = "h".repeat(64);
-        assert_eq!(gather(&crate::dist::Local, &h64, 1, "n").unwrap()[0].host, h64);
+        assert_eq!(gather(&crate::collectives::Local, &h64, 1, "n").unwrap()[0].host, h64);
     }
 
     #[test]

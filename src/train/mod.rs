@@ -24,7 +24,7 @@ pub mod timing;
 pub mod trainer;
 
 use crate::config::Config;
-use crate::dist::{self, Collective};
+use crate::collectives::{self, Collective};
 use anyhow::Result;
 use monitor::Monitor;
 pub use net_state::{NetState, UpdateStats};
@@ -56,7 +56,7 @@ pub enum Outcome {
 /// Trains `cfg` and returns how the run ended. Runs on every rank; an error on one rank ends
 /// the whole job.
 pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
-    let started = dist::init(&cfg.dist, &cfg.train.device)?;
+    let started = collectives::init(&cfg.dist, &cfg.train.device)?;
     crate::logging::set_rank(started.comm.rank());
     tracing::info!("{}", started.report);
     let comm: Rc<dyn Collective> = Rc::from(started.comm);
@@ -65,5 +65,5 @@ pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
         let outcome = run.train()?;
         run.finish(outcome)
     })();
-    dist::or_abort(comm.as_ref(), result)
+    collectives::or_abort(comm.as_ref(), result)
 }

@@ -4,7 +4,7 @@
 use super::timing::Stage;
 use super::{IterationStats, Trainer, UpdateStats};
 use crate::config::MetricsConfig;
-use crate::dist::Collective;
+use crate::collectives::Collective;
 use crate::metrics::server::Server;
 use crate::metrics::{targets, Metrics};
 use crate::model::Net;

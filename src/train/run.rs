@@ -16,7 +16,7 @@ use super::{IterationStats, Monitor, Outcome, Resume, RunOptions, Trainer};
 use crate::checkpoint;
 use crate::config::Config;
 use crate::data::{DeviceImages, Mnist, Split};
-use crate::dist::Collective;
+use crate::collectives::Collective;
 use crate::eval::Evaluator;
 use crate::scalar_log::{self as log, number, ScalarLog};
 use anyhow::{bail, Context, Result};

@@ -307,7 +307,7 @@ pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Devic
 mod tests {
     use super::*;
     use crate::data::{DeviceImages, Mnist};
-    use crate::dist::Local;
+    use crate::collectives::Local;
     use std::rc::Rc;
 
     fn trainer(overrides: &[&str]) -> Trainer {

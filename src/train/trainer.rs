@@ -27,7 +27,7 @@ use super::timing::{LapClock, Stage};
 use crate::config::Config;
 use crate::data::sampler::DistributedSampler;
 use crate::data::{DeviceImages, DeviceOrder};
-use crate::dist::Collective;
+use crate::collectives::Collective;
 use crate::model::ema::Ema;
 use crate::model::params::ParamSet;
 use crate::model::{Critic, Generator, Net, PerNet};
@@ -470,7 +470,7 @@ impl Trainer {
 mod tests {
     use super::*;
     use crate::data::Mnist;
-    use crate::dist::Local;
+    use crate::collectives::Local;
 
     /// A trainer on 64 random images with a tiny model and the given overrides.
     fn trainer(overrides: &[&str]) -> Trainer {
