@@ -3,22 +3,23 @@
 //! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
 //! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers),
 //! `optim` (Adam, SGD, clipping), `health` (gradient-health detector), `ablation`
-//! (`gandist ablate`), `dist` (collectives), `train` (the trainer and the run),
+//! (`gandist ablate`), `collectives` (all-reduce and broadcast over MPI, NCCL or one process; the backend choice), `train` (the trainer and the run),
 //! `checkpoint` (the on-disk format), `samples`, `scalar_log` (metrics.jsonl: its schema and
 //! file), `seeds` (every random stream), `bench`, `metrics` (Prometheus registry and
 //! exporter), `plot` (PNG curves of the scalar log), `eval` (sample quality: classifier FID,
 //! coverage), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
 //! (the affinity mask and threads per rank), `logging` (timestamped, levelled log lines with
-//! the rank).
+//! the rank), `cli` (the command line: one module per command).
 
 pub mod ablation;
 pub mod bench;
 pub mod checkpoint;
+pub mod cli;
 pub mod config;
 pub mod cpus;
 pub mod data;
 pub mod device;
-pub mod dist;
+pub mod collectives;
 pub mod eval;
 pub mod fsutil;
 pub mod health;
