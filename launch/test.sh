@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash launch/setup.sh
+bash launch/test-tools.sh
 . launch/env.sh
 . launch/mnist.sh
 export RUST_BACKTRACE=1
