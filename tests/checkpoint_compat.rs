@@ -1,6 +1,7 @@
 //! Checkpoints of the format before this one (version 1, written by gandist at commit 0ac1dc9:
 //! tests/fixtures/checkpoint-v1, whose README has the command) resume with this build and
-//! continue exactly as the trainer that wrote them did; `sample` reads them; a checkpoint of
+//! continue exactly as the trainer that wrote them did (bit for bit on a host whose
+//! arithmetic is the writer's, to float rounding on another CPU); `sample` reads them; a checkpoint of
 //! a format this build does not know is refused with a message naming its version.
 
 mod common;
@@ -52,24 +53,53 @@ fn run_with_step_2(tmp: &Path) -> PathBuf {
     run
 }
 
+/// Equal JSON, numbers within float rounding (ROUNDING_TOLERANCE relative).
+fn json_close(a: &Value, b: &Value) -> bool {
+    match (a, b) {
+        (Value::Number(x), Value::Number(y)) => {
+            let (x, y) = (x.as_f64().unwrap(), y.as_f64().unwrap());
+            (x - y).abs() <= ROUNDING_TOLERANCE * x.abs().max(y.abs()).max(1.0)
+        }
+        (Value::Array(x), Value::Array(y)) => x.len() == y.len() && x.iter().zip(y).all(|(x, y)| json_close(x, y)),
+        (Value::Object(x), Value::Object(y)) => x.len() == y.len() && x.iter().all(|(k, v)| y.get(k).is_some_and(|w| json_close(v, w))),
+        _ => a == b,
+    }
+}
+
 fn meta(dir: &Path) -> Value {
     serde_json::from_slice(&std::fs::read(dir.join("meta.json")).unwrap()).unwrap()
+}
+
+/// Whether this host's arithmetic is that of the machine that wrote the fixture: a run from
+/// scratch to step 2 with today's trainer gives the fixture's step 2 bit for bit there (the
+/// trainer keeps the old one's step bit for bit), and to float rounding on another CPU.
+fn host_reproduces_the_fixture(tmp: &Path) -> Agreement {
+    let run = tmp.join("scratch");
+    let mut args = train_args(&run, "auto");
+    args.truncate(args.len() - 2);
+    args.extend(["--set".to_string(), "train.iterations=2".to_string()]);
+    ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
+    let got = state(&run.join("checkpoints/step-000000002"));
+    if assert_states_agree(&got, &state(&fixture(2)), Agreement::Rounding, "a run from scratch to the fixture's step 2") {
+        Agreement::Bits
+    } else {
+        eprintln!("this host's float arithmetic differs from the fixture writer's (step 2 from scratch differs in the last bits): comparing to float rounding");
+        Agreement::Rounding
+    }
 }
 
 #[test]
 fn a_format_1_checkpoint_resumes_and_continues_exactly() {
     let tmp = tempfile::tempdir().unwrap();
+    let how = host_reproduces_the_fixture(tmp.path());
     let run = run_with_step_2(tmp.path());
     let args = train_args(&run, "auto");
     let out = ok(&args.iter().map(String::as_str).collect::<Vec<_>>());
     assert!(out.contains("resumed from") && out.contains("at step 2"), "{out}");
-    // Every tensor as the old trainer reached it, bit for bit.
+    // Every tensor as the old trainer reached it: bit for bit where the host computes as the
+    // fixture's writer did.
     let got = state(&run.join("checkpoints/step-000000004"));
-    let want = state(&fixture(4));
-    assert_eq!(got.keys().collect::<Vec<_>>(), want.keys().collect::<Vec<_>>());
-    for (k, w) in &want {
-        assert!(w.iter().zip(&got[k]).all(|(a, b)| a.to_bits() == b.to_bits()), "{k} differs from the old trainer's step 4");
-    }
+    assert_states_agree(&got, &state(&fixture(4)), how, "resumed step 4 against the old trainer's");
     // The counters and detectors came through: the new record says what the old one did.
     let (new, old) = (meta(&run.join("checkpoints/step-000000004")), meta(&fixture(4)));
     assert_eq!((new["format_version"].as_u64(), old["format_version"].as_u64()), (Some(2), Some(1)));
@@ -82,7 +112,12 @@ fn a_format_1_checkpoint_resumes_and_continues_exactly() {
     assert_eq!(c["skipped_updates"].as_u64(), Some(1), "the fixture's run skipped one update");
     assert_eq!(c["lr_scale"].as_f64(), old["extra"]["lr_scale"].as_f64());
     for net in ["critic", "generator"] {
-        assert_eq!(new["trainer"]["health"][net], old["health"][net], "{net} detector");
+        let (n, o) = (&new["trainer"]["health"][net], &old["health"][net]);
+        match how {
+            Agreement::Bits => assert_eq!(n, o, "{net} detector"),
+            // The detector's window holds gradient norms, which carry the host's rounding.
+            Agreement::Rounding => assert!(json_close(n, o), "{net} detector: {n} against {o}"),
+        }
     }
     for k in ["config_hash", "config", "world_size"] {
         assert_eq!(new[k], old[k], "{k}");
