@@ -27,6 +27,7 @@ pub mod hostread;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod net;
 pub mod objective;
 pub mod optim;
 pub mod plot;

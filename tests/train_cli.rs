@@ -74,10 +74,12 @@ fn bad_configs_and_run_dirs_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("r");
     let r = run.to_str().unwrap();
-    fails(&train_args(r, d, &["--set", "optim.lr_d=0"]), &["optim.lr_d", "expected a finite value > 0"]);
+    fails(&train_args(r, d, &["--set", "critic.lr=0"]), &["critic.lr", "expected a finite value > 0"]);
+    // The old name still works, and its error names both.
+    fails(&train_args(r, d, &["--set", "optim.lr_d=0"]), &["critic.lr", "optim.lr_d", "expected a finite value > 0"]);
     fails(&train_args(r, d, &["--set", "train.n_critic=0"]), &["train.n_critic"]);
     fails(&train_args(r, d, &["--set", "data.batch_size=0"]), &["data.batch_size"]);
-    fails(&train_args(r, d, &["--set", "loss.gp_lambda=-1"]), &["loss.gp_lambda"]);
+    fails(&train_args(r, d, &["--set", "critic.penalty_weight=-1"]), &["critic.penalty_weight"]);
     fails(&train_args(r, d, &["--set", "model.widht=3"]), &["widht"]);
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "[train]\niterations = \"many\"\n").unwrap();
@@ -94,7 +96,7 @@ fn bad_configs_and_run_dirs_fail_clearly() {
     ok(&train_args(r, d, &["--set", "train.iterations=3"]));
     fails(&train_args(r, d, &[]), &["already holds checkpoints", "--resume auto"]);
     // Resuming with a different trajectory-defining setting is refused.
-    fails(&train_args(r, d, &["--set", "optim.lr_d=3e-4", "--resume", "auto"]), &["different configuration"]);
+    fails(&train_args(r, d, &["--set", "critic.lr=3e-4", "--resume", "auto"]), &["different configuration"]);
     // A corrupted newest checkpoint: --resume auto falls back; an explicit path fails clearly.
     std::fs::create_dir_all(run.join("checkpoints/step-000000005")).unwrap();
     std::fs::write(run.join("checkpoints/step-000000005/meta.json"), "{").unwrap();
@@ -154,7 +156,7 @@ fn lazy_penalty_progress_lines_show_the_newest_value() {
     let run = tmp.path().join("run");
     // Smoke: 2 critic updates per iteration, a log every 2 iterations: the penalty falls on
     // critic updates 0, 4, 8, the logged ones are 3, 7, 11.
-    let sets = ["--set", "loss.penalty_every=4", "--set", "train.log_every=2"];
+    let sets = ["--set", "critic.penalty_every=4", "--set", "train.log_every=2"];
     let out = ok(&train_args(run.to_str().unwrap(), data.to_str().unwrap(), &sets));
     let lines: Vec<&str> = out.lines().filter(|l| l.contains(" d_loss ")).collect();
     assert_eq!(lines.len(), 3, "{out}");

@@ -15,14 +15,8 @@ use anyhow::{Context, Result};
 use prometheus::{Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 use std::collections::HashMap;
 
-/// Port of local rank 0's exporter unless `metrics.port_base` says otherwise; local rank r
-/// serves on 19400 + r. Outside 9100-9999, the range Prometheus's list of default exporter
-/// ports has filled (dcgm-exporter takes 9400 on GPU nodes, node_exporter 9100), and away
-/// from the services of a GPU node: Slurm (6817-6820), DCGM's host engine (5555), Ray (6379,
-/// 8265, 10001), TensorBoard (6006), Jupyter (8888), Grafana (3000), OTLP (4317, 4318),
-/// PyTorch's rendezvous (29400) and master (29500) ports; and below Linux's ephemeral range
-/// (32768-60999), where a listener can collide with an outgoing connection's port.
-pub const DEFAULT_PORT_BASE: u16 = 19400;
+/// Port of local rank 0's exporter (`metrics.port_base`); why this one: see the constant.
+pub use crate::config::DEFAULT_PORT_BASE;
 
 /// Every state of the gradient-health detector, in gauge order.
 pub const HEALTH_STATES: [GradientHealth; 4] =

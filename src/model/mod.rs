@@ -1,82 +1,16 @@
 //! The WGAN-GP paper's MNIST generator and critic (its reference code's architecture), with
-//! PyTorch's default initialisation and parameters held in one flat buffer per network; and
-//! `Net`, the name of either network wherever it is needed (trainer, scalar log, metrics,
-//! checkpoints).
+//! PyTorch's default initialisation and parameters held in one flat buffer per network.
+//! (`Net` and `PerNet`, the names of the two networks, live in the leaf module `crate::net`
+//! and are re-exported here.)
 
 pub mod ema;
 pub mod params;
 pub mod spectral_norm;
 
-use crate::config::ModelConfig;
+use crate::config::Config;
+pub use crate::net::{Net, PerNet};
 use params::{ParamBuilder, ParamSet};
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
-
-/// One of the two networks of the GAN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Net {
-    Critic,
-    Generator,
-}
-
-impl Net {
-    /// In update order within an iteration.
-    pub const ALL: [Net; 2] = [Net::Critic, Net::Generator];
-
-    /// "critic" or "generator": metric labels, checkpoint tensor names, messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Net::Critic => "critic",
-            Net::Generator => "generator",
-        }
-    }
-
-    /// "d" or "g": the prefix of the network's keys in the scalar log.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Net::Critic => "d",
-            Net::Generator => "g",
-        }
-    }
-}
-
-/// One value for each network, indexed by `Net`; serialised as {"critic": .., "generator": ..}.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PerNet<T> {
-    pub critic: T,
-    pub generator: T,
-}
-
-impl<T> PerNet<T> {
-    /// Builds each network's value.
-    pub fn from_fn(mut f: impl FnMut(Net) -> T) -> Self {
-        PerNet { critic: f(Net::Critic), generator: f(Net::Generator) }
-    }
-
-    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> PerNet<U> {
-        PerNet { critic: f(&self.critic), generator: f(&self.generator) }
-    }
-}
-
-impl<T> std::ops::Index<Net> for PerNet<T> {
-    type Output = T;
-    fn index(&self, net: Net) -> &T {
-        match net {
-            Net::Critic => &self.critic,
-            Net::Generator => &self.generator,
-        }
-    }
-}
-
-impl<T> std::ops::IndexMut<Net> for PerNet<T> {
-    fn index_mut(&mut self, net: Net) -> &mut T {
-        match net {
-            Net::Critic => &mut self.critic,
-            Net::Generator => &mut self.generator,
-        }
-    }
-}
 
 /// Slope of the critic's leaky ReLU, as in the paper's code.
 pub const LEAKY_SLOPE: f64 = 0.2;
@@ -113,10 +47,14 @@ pub struct Critic {
 const CRITIC_WEIGHTS: [usize; 4] = [0, 2, 4, 6];
 
 impl Generator {
-    /// A generator of `channels`-channel images (the data set's: `Dataset::channels`), its
-    /// initial weights drawn from libtorch's global generator (seed it first).
-    pub fn new(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
-        let (d, l) = (cfg.dim, cfg.latent);
+    /// The generator `cfg` describes (`generator.width`, `model.latent`, the data set's
+    /// channels), its initial weights drawn from libtorch's global generator (seed it first).
+    pub fn from_config(cfg: &Config, device: Device) -> Self {
+        Generator::new(cfg.generator.width, cfg.model.latent, cfg.data.dataset.channels(), device)
+    }
+
+    /// A generator of width `d` from `l`-dimensional noise to `channels`-channel images.
+    pub fn new(d: i64, l: i64, channels: i64, device: Device) -> Self {
         let mut b = ParamBuilder::new(device);
         b.uniform("fc.weight", &[4 * 4 * 4 * d, l], bound(l));
         b.uniform("fc.bias", &[4 * 4 * 4 * d], bound(l));
@@ -148,10 +86,17 @@ impl Generator {
 }
 
 impl Critic {
-    /// A critic of `channels`-channel images (the data set's), its initial weights and
-    /// spectral-norm vectors drawn from libtorch's global generator (seed it first).
-    pub fn new(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
-        let d = cfg.dim;
+    /// The critic `cfg` describes (`critic.width`, its spectral norm, the data set's channels),
+    /// its initial weights and spectral-norm vectors drawn from libtorch's global generator
+    /// (seed it first).
+    pub fn from_config(cfg: &Config, device: Device) -> Self {
+        let c = &cfg.critic;
+        Critic::new(c.width, cfg.data.dataset.channels(), c.spectral_norm.then_some(c.sn_power_iterations), device)
+    }
+
+    /// A critic of width `d` for `channels`-channel images, with spectral normalisation of
+    /// `sn_iters` power iterations per update when given.
+    pub fn new(d: i64, channels: i64, sn_iters: Option<u32>, device: Device) -> Self {
         let mut b = ParamBuilder::new(device);
         for (name, cin, cout) in [("conv1", channels, d), ("conv2", d, 2 * d), ("conv3", 2 * d, 4 * d)] {
             b.uniform(&format!("{name}.weight"), &[cout, cin, 5, 5], bound(cin * 25));
@@ -162,10 +107,10 @@ impl Critic {
         let slope = Tensor::from_slice(&[LEAKY_SLOPE as f32]).to_device(device);
         let params = b.build();
         // Drawn after the weights, so that turning spectral norm on leaves the initial weights alone.
-        let spectral = cfg.spectral_norm.then(|| {
+        let spectral = sn_iters.map(|_| {
             CRITIC_WEIGHTS.iter().map(|&i| spectral_norm::SpectralNorm::new(params.shapes[i][0], device)).collect()
         });
-        Critic { params, dim: d, channels, slope, spectral, sn_iters: cfg.sn_power_iterations }
+        Critic { params, dim: d, channels, slope, spectral, sn_iters: sn_iters.unwrap_or(1) }
     }
 
     /// One round of power iteration per normalised weight (call once per update).
@@ -225,9 +170,8 @@ mod tests {
     #[test]
     fn shapes_and_ranges() {
         tch::manual_seed(0);
-        let cfg = ModelConfig { dim: 8, latent: 16, ..Default::default() };
-        let g = Generator::new(&cfg, 1, Device::Cpu);
-        let d = Critic::new(&cfg, 1, Device::Cpu);
+        let g = Generator::new(8, 16, 1, Device::Cpu);
+        let d = Critic::new(8, 1, None, Device::Cpu);
         let x = g.forward(&Tensor::randn([3, 16], (Kind::Float, Device::Cpu)));
         assert_eq!(x.size(), vec![3, 1, 28, 28]);
         assert!(x.abs().max().double_value(&[]) <= 1.0);
@@ -238,9 +182,8 @@ mod tests {
 
     #[test]
     fn three_channel_networks_for_stacked_mnist() {
-        let cfg = ModelConfig { dim: 4, latent: 8, ..ModelConfig::default() };
-        let g = Generator::new(&cfg, 3, Device::Cpu);
-        let d = Critic::new(&cfg, 3, Device::Cpu);
+        let g = Generator::new(4, 8, 3, Device::Cpu);
+        let d = Critic::new(4, 3, None, Device::Cpu);
         let x = g.forward(&Tensor::randn([2, 8], (Kind::Float, Device::Cpu)));
         assert_eq!(x.size(), vec![2, 3, 28, 28]);
         assert_eq!(d.forward(&x).size(), vec![2]);
@@ -260,7 +203,7 @@ mod tests {
     #[test]
     fn parameters_are_views_of_the_flat_buffer() {
         tch::manual_seed(0);
-        let d = Critic::new(&ModelConfig { dim: 4, latent: 8, ..Default::default() }, 1, Device::Cpu);
+        let d = Critic::new(4, 1, None, Device::Cpu);
         let before = d.params.get("fc.bias").double_value(&[0]);
         tch::no_grad(|| {
             let _ = d.params.flat.shallow_clone().g_add_scalar_(1.0);
@@ -275,11 +218,10 @@ mod tests {
     /// (and so the initialisation) are the same as without it.
     #[test]
     fn spectral_norm_makes_each_critic_weight_1_lipschitz() {
-        let cfg = ModelConfig { dim: 4, latent: 8, spectral_norm: true, sn_power_iterations: 50 };
         tch::manual_seed(5);
-        let mut d = Critic::new(&cfg, 1, Device::Cpu);
+        let mut d = Critic::new(4, 1, Some(50), Device::Cpu);
         tch::manual_seed(5);
-        let plain = Critic::new(&ModelConfig { spectral_norm: false, ..cfg.clone() }, 1, Device::Cpu);
+        let plain = Critic::new(4, 1, None, Device::Cpu);
         assert!(d.params.flat.equal(&plain.params.flat));
         d.power_iterate();
         let eff = d.effective_params();
@@ -296,7 +238,7 @@ mod tests {
     fn initialisation_matches_pytorch_bounds() {
         // PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the sample max approaches the bound.
         tch::manual_seed(1);
-        let g = Generator::new(&ModelConfig { dim: 16, latent: 128, ..Default::default() }, 1, Device::Cpu);
+        let g = Generator::new(16, 128, 1, Device::Cpu);
         let w = g.params.get("fc.weight");
         let b = 1.0 / 128f64.sqrt();
         let m = w.abs().max().double_value(&[]);

@@ -6,7 +6,7 @@
 //! running averages, each state change selected by the update's skip condition. `observe` is
 //! the host's reading of the update's figures at a sync step.
 
-use crate::config::Config;
+use crate::config::{Config, NetSettings};
 use crate::health::HealthMonitor;
 use crate::model::ema::Ema;
 use crate::model::params::ParamSet;
@@ -18,32 +18,10 @@ use crate::scalar_log;
 use super::timing::StageTimes;
 use tch::{Kind, Tensor};
 
-/// A network's hyper-parameters (0 = off), from the configuration's `_d` / `_g` fields.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hyper {
-    /// The learning rate before any rollback's scaling.
-    pub lr: f64,
-    pub l2: f64,
-    pub hist_avg: f64,
-    pub max_norm: f64,
-    pub max_value: f64,
-    pub weight_clip: f64,
-}
-
-impl Hyper {
-    pub fn of(net: Net, cfg: &Config) -> Hyper {
-        let (o, r, c) = (&cfg.optim, &cfg.regularize, &cfg.clip);
-        match net {
-            Net::Critic => Hyper { lr: o.lr_d, l2: r.l2_d, hist_avg: r.hist_avg_d, max_norm: c.max_norm_d, max_value: c.value_d, weight_clip: r.weight_clip },
-            // The original WGAN's weight clipping constrains the critic only.
-            Net::Generator => Hyper { lr: o.lr_g, l2: r.l2_g, hist_avg: r.hist_avg_g, max_norm: c.max_norm_g, max_value: c.value_g, weight_clip: 0.0 },
-        }
-    }
-}
-
 pub struct NetState {
     pub net: Net,
-    pub hyper: Hyper,
+    /// Its settings after the reduction (`Config::net`).
+    pub hyper: NetSettings,
     pub optimizer: Optimizer,
     /// The mean of the parameters after every update so far, when historical averaging is on.
     pub history: Option<HistoricalAverage>,
@@ -102,10 +80,10 @@ pub struct Pending {
 impl NetState {
     /// The state before the first update of parameters `params`; no EMA (see `Trainer::new`).
     pub fn new(net: Net, cfg: &Config, params: &Tensor) -> NetState {
-        let hyper = Hyper::of(net, cfg);
+        let hyper = cfg.net(net);
         NetState {
             net,
-            optimizer: Optimizer::from_config(&cfg.optim, params, hyper.lr),
+            optimizer: Optimizer::from_config(&hyper.optimizer, params),
             history: (hyper.hist_avg > 0.0).then(|| HistoricalAverage::new(params, hyper.hist_avg)),
             ema: None,
             health: HealthMonitor::new(&cfg.health),
@@ -116,7 +94,7 @@ impl NetState {
 
     /// The learning rate is the configured one times `scale` (lowered by each rollback).
     pub fn set_lr_scale(&mut self, scale: f64) {
-        self.optimizer.lr = self.hyper.lr * scale;
+        self.optimizer.lr = self.hyper.optimizer.lr * scale;
     }
 
     /// Everything after the reduction, on the device and identical on every rank (see the
@@ -138,9 +116,9 @@ impl NetState {
             term_values.push(hist.apply(&grad, flat));
             param_terms.push((scalar_log::hist_avg(self.net).key, hist.lambda));
         }
-        let raw_norm = (h.max_value > 0.0).then(|| grad.norm());
-        clip_value(&grad, h.max_value);
-        let clip = clip_global_norm(&grad, h.max_norm);
+        let raw_norm = (h.clip_value > 0.0).then(|| grad.norm());
+        clip_value(&grad, h.clip_value);
+        let clip = clip_global_norm(&grad, h.clip_norm);
         let (norm_before, clipped) = match raw_norm {
             // Value clipping counts as clipping when it changed the norm.
             Some(raw) => {
@@ -205,17 +183,17 @@ mod tests {
     use super::*;
 
     #[test]
-    fn weight_clipping_is_the_critics_alone_and_the_rest_follows_the_suffix() {
+    fn weight_clipping_is_the_critics_alone_and_each_network_reads_its_table() {
         let cfg = Config::from_toml_str(
             "",
-            &["regularize.weight_clip=0.01", "regularize.l2_g=0.5", "clip.value_d=0.2", "optim.lr_g=3e-4", "clip.max_norm_g=2"].map(String::from),
+            &["critic.weight_clip=0.01", "generator.l2=0.5", "critic.clip_value=0.2", "generator.lr=3e-4", "generator.clip_norm=2"].map(String::from),
         )
         .unwrap();
-        let (d, g) = (Hyper::of(Net::Critic, &cfg), Hyper::of(Net::Generator, &cfg));
+        let (d, g) = (cfg.net(Net::Critic), cfg.net(Net::Generator));
         assert_eq!((d.weight_clip, g.weight_clip), (0.01, 0.0));
         assert_eq!((d.l2, g.l2), (0.0, 0.5));
-        assert_eq!((d.max_value, g.max_value), (0.2, 0.0));
-        assert_eq!((d.lr, g.lr), (1e-4, 3e-4));
-        assert_eq!((d.max_norm, g.max_norm), (0.0, 2.0));
+        assert_eq!((d.clip_value, g.clip_value), (0.2, 0.0));
+        assert_eq!((d.optimizer.lr, g.optimizer.lr), (1e-4, 3e-4));
+        assert_eq!((d.clip_norm, g.clip_norm), (0.0, 2.0));
     }
 }

@@ -204,15 +204,17 @@ impl Snapshot {
     }
 
     /// The snapshot in a loaded checkpoint, for a run of `cfg`: refused when the checkpoint
-    /// was written by a configuration with another trajectory.
+    /// was written by a configuration with another trajectory. The configurations are
+    /// compared, not their hashes: a checkpoint written under the old keys (`optim.lr_d`, ...)
+    /// resumes under their new ones.
     pub fn from_checkpoint(l: checkpoint::Loaded, cfg: &Config) -> Result<Snapshot> {
-        let want = cfg.trajectory_hash();
-        if l.meta.config_hash != want {
+        let theirs = Config::from_embedded(&l.meta.config).with_context(|| format!("checkpoint {}: the configuration in its meta.json", l.dir.display()))?;
+        let differences = theirs.trajectory_differences(cfg);
+        if !differences.is_empty() {
             bail!(
-                "checkpoint {} was written by a different configuration (hash {} vs this run's {}): only train.iterations, logging, device, dist and metrics settings may change on resume",
+                "checkpoint {} was written by a different configuration ({}; the checkpoint's value first): only train.iterations, logging, device, dist and metrics settings may change on resume",
                 l.dir.display(),
-                l.meta.config_hash,
-                want
+                differences.join(", ")
             );
         }
         let record = trainer_record(&l.meta).with_context(|| format!("checkpoint {}: the trainer's record in meta.json", l.dir.display()))?;
@@ -285,7 +287,7 @@ pub enum GeneratorWeights {
 pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Device) -> Result<GeneratorCheckpoint> {
     let dir = checkpoint::resolve(path)?;
     let meta = checkpoint::read_meta(&dir)?;
-    let config = Config::from_toml_str(&meta.config, &[]).with_context(|| format!("the configuration embedded in {}", dir.join("meta.json").display()))?;
+    let config = Config::from_embedded(&meta.config).with_context(|| format!("the configuration embedded in {}", dir.join("meta.json").display()))?;
     let ema = match weights {
         GeneratorWeights::Ema if !config.ema.enabled() => {
             bail!("--weights ema: the run of {} kept no EMA (ema.half_life_steps and ema.half_life_images are 0)", dir.display())
@@ -294,7 +296,7 @@ pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Devic
         GeneratorWeights::Raw => false,
     };
     let name = |n: &str| if ema { names::ema(Net::Generator, n) } else { names::param(Net::Generator, n) };
-    let generator = Generator::new(&config.model, config.data.dataset.channels(), device);
+    let generator = Generator::from_config(&config, device);
     let params = &generator.params;
     let shapes = params.names.iter().zip(&params.shapes).map(|(n, s)| (name(n), s.iter().map(|&d| d as usize).collect())).collect();
     let loaded = checkpoint::load(&dir, &shapes)?;
@@ -311,7 +313,7 @@ mod tests {
     use std::rc::Rc;
 
     fn trainer(overrides: &[&str]) -> Trainer {
-        let mut all = vec!["model.dim=2", "model.latent=4", "data.batch_size=8", "train.n_critic=2", "train.device=\"cpu\""];
+        let mut all = vec!["critic.width=2", "generator.width=2", "model.latent=4", "data.batch_size=8", "train.n_critic=2", "train.device=\"cpu\""];
         all.extend_from_slice(overrides);
         let cfg = Config::from_toml_str("", &all.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         let n = 64;
@@ -323,9 +325,9 @@ mod tests {
     /// update as vanishing (so that their counts move).
     const STATEFUL: [&str; 7] = [
         "ema.half_life_steps=2",
-        "regularize.hist_avg_d=1e-3",
-        "regularize.hist_avg_g=1e-3",
-        "model.spectral_norm=true",
+        "critic.hist_avg=1e-3",
+        "generator.hist_avg=1e-3",
+        "critic.spectral_norm=true",
         "faults.nan_critic_updates=[1]",
         "health.vanish_threshold=1e9",
         "health.vanish_patience=1",
@@ -341,7 +343,7 @@ mod tests {
         }
         assert!(!names.iter().any(|n| n.starts_with("ema.critic")), "{names:?}");
         // SGD keeps no moments.
-        let sgd = trainer(&["optim.kind=sgd"]);
+        let sgd = trainer(&["critic.optimizer=sgd", "generator.optimizer=sgd"]);
         assert!(!sgd.state_shapes().keys().any(|n| n.starts_with("optim.")));
     }
 
@@ -421,7 +423,7 @@ mod tests {
         assert_eq!(Snapshot::load(&dir, &t).unwrap(), snap);
         let (latest, s) = Snapshot::load_latest(root.path(), &t).unwrap().unwrap();
         assert_eq!((latest, s), (dir.clone(), snap));
-        let other = trainer(&[&STATEFUL[..], &["optim.lr_d=3e-4"]].concat());
+        let other = trainer(&[&STATEFUL[..], &["critic.lr=3e-4"]].concat());
         let e = format!("{:#}", Snapshot::load(&dir, &other).unwrap_err());
         assert!(e.contains("different configuration"), "{e}");
     }

@@ -177,10 +177,9 @@ impl Trainer {
             bail!("data.batch_size = {global} is larger than the data set ({} images)", data.n);
         }
         let data = data.for_dataset(cfg.data.dataset, cfg.train.seed);
-        let channels = cfg.data.dataset.channels();
         seeds::seed_torch(cfg.train.seed, Stream::Init, 0);
-        let generator = Generator::new(&cfg.model, channels, device);
-        let critic = Critic::new(&cfg.model, channels, device);
+        let generator = Generator::from_config(&cfg, device);
+        let critic = Critic::from_config(&cfg, device);
         let mut nets = PerNet { critic: NetState::new(Net::Critic, &cfg, &critic.params.flat), generator: NetState::new(Net::Generator, &cfg, &generator.params.flat) };
         // The EMA is the generator's alone: its weights, and a copy of the generator on them.
         let ema_generator = cfg.ema.enabled().then(|| generator.copy());
@@ -264,7 +263,7 @@ impl Trainer {
         let z = self.noise(Stream::CriticNoise, c);
         clock.lap(Stage::Data);
         let fake = tch::no_grad(|| self.generator.forward(&z));
-        let lc = &self.cfg.loss;
+        let (kind, lc) = (self.cfg.loss.kind, &self.cfg.critic);
         let critic = &self.critic;
         // One forward over real and fake together: the critic has no batch statistics, so
         // this is the same function with half the kernel launches.
@@ -272,9 +271,9 @@ impl Trainer {
         let both = critic.forward(&Tensor::cat(&[&real, &fake], 0));
         let (real_out, fake_out) = (both.narrow(0, 0, b), both.narrow(0, b, b));
         let mut terms = LossTerms::new(&log::D_LOSS);
-        terms.add(&log::D_ADV, objective::critic_loss(lc.kind, lc.label_smoothing, &real_out, &fake_out), 1.0);
+        terms.add(&log::D_ADV, objective::critic_loss(kind, lc.label_smoothing, &real_out, &fake_out), 1.0);
         terms.diagnostic(log::WASSERSTEIN, objective::wasserstein_estimate(&real_out, &fake_out));
-        let weight = regularize::lazy_weight(lc.gp_lambda, lc.penalty_every, c);
+        let weight = regularize::lazy_weight(lc.penalty_weight, lc.penalty_every, c);
         if weight > 0.0 {
             let eps = || self.draw_global(Stream::Interpolation, c, |g| Tensor::rand([g, 1, 1, 1], (Kind::Float, Device::Cpu)));
             if let Some(p) = regularize::penalty(lc.penalty, |x| critic.forward(x), &real, &fake, eps) {
@@ -299,10 +298,10 @@ impl Trainer {
         clock.lap(Stage::Data);
         let fake = self.generator.forward(&z);
         let (fake_features, fake_out) = self.critic.forward_features(&fake);
-        let lc = self.cfg.loss.clone();
+        let (kind, lc) = (self.cfg.loss.kind, self.cfg.generator.clone());
         let mut terms = LossTerms::new(&log::G_LOSS);
-        if lc.g_adversarial > 0.0 {
-            terms.add(&log::G_ADV, objective::generator_loss(lc.kind, &fake_out), lc.g_adversarial);
+        if lc.adversarial > 0.0 {
+            terms.add(&log::G_ADV, objective::generator_loss(kind, &fake_out), lc.adversarial);
         }
         if lc.feature_matching > 0.0 {
             terms.add(&log::G_FM, self.feature_matching_term(&fake_features)?, lc.feature_matching);
@@ -474,7 +473,7 @@ mod tests {
 
     /// A trainer on 64 random images with a tiny model and the given overrides.
     fn trainer(overrides: &[&str]) -> Trainer {
-        let mut all = vec!["model.dim=2", "model.latent=4", "data.batch_size=8", "train.n_critic=2", "train.device=\"cpu\""];
+        let mut all = vec!["critic.width=2", "generator.width=2", "model.latent=4", "data.batch_size=8", "train.n_critic=2", "train.device=\"cpu\""];
         all.extend_from_slice(overrides);
         let o: Vec<String> = all.iter().map(|s| s.to_string()).collect();
         let cfg = Config::from_toml_str("", &o).unwrap();
@@ -494,7 +493,7 @@ mod tests {
     /// clipping keeps every critic parameter inside [-c, c].
     #[test]
     fn running_state_follows_the_parameter_sequence() {
-        let mut t = trainer(&["ema.half_life_steps=2", "regularize.hist_avg_g=1e-3", "regularize.weight_clip=0.02"]);
+        let mut t = trainer(&["ema.half_life_steps=2", "generator.hist_avg=1e-3", "critic.weight_clip=0.02"]);
         let beta = 0.5f64.powf(0.5);
         let mut seq = vec![values(&t.generator.params.flat)];
         for _ in 0..4 {
@@ -545,13 +544,13 @@ mod tests {
     /// lazy penalty appears on every k-th critic update only.
     #[test]
     fn parameter_terms_and_lazy_penalty_are_logged() {
-        let mut t = trainer(&["regularize.l2_d=0.5", "loss.penalty_every=2"]);
+        let mut t = trainer(&["critic.l2=0.5", "critic.penalty_every=2"]);
         let theta = t.critic.params.flat.detach().copy();
         let sq = theta.square().sum(Kind::Float).double_value(&[]);
         t.critic_update().unwrap();
         let s0 = t.sync().unwrap().pop().unwrap().1;
         assert!((s0.get("d_l2").unwrap() - sq).abs() < 1e-4 * sq);
-        // Lazy weight 2 x gp_lambda 10 on even critic steps; L2 weight 0.5.
+        // Lazy weight 2 x penalty_weight 10 on even critic steps; L2 weight 0.5.
         let total = s0.get("d_adv").unwrap() + 20.0 * s0.get("d_gp").unwrap() + 0.5 * sq;
         assert!((s0.get("d_loss").unwrap() - total).abs() < 1e-4 * total.abs().max(1.0), "{s0:?}");
         t.critic_update().unwrap();
@@ -563,9 +562,9 @@ mod tests {
     /// same state, differ by exactly the gradient term: -2 lambda theta.
     #[test]
     fn l2_and_historical_averaging_enter_the_gradient() {
-        let base = ["optim.kind=sgd", "optim.lr_d=1.0"];
+        let base = ["critic.optimizer=sgd", "critic.lr=1.0"];
         let mut plain = trainer(&base);
-        let mut reg = trainer(&[base[0], base[1], "regularize.l2_d=0.25", "regularize.hist_avg_d=3.0"]);
+        let mut reg = trainer(&[base[0], base[1], "critic.l2=0.25", "critic.hist_avg=3.0"]);
         let theta = plain.critic.params.flat.detach().copy();
         plain.critic_update().unwrap();
         reg.critic_update().unwrap();
@@ -574,7 +573,7 @@ mod tests {
         let want = &theta * -0.5;
         assert!((diff - want).abs().max().double_value(&[]) < 1e-5);
         // On the second step the history term is 2 * 3 (theta_1 - (theta_0 + theta_1) / 2).
-        let mut reg2 = trainer(&[base[0], base[1], "regularize.hist_avg_d=3.0"]);
+        let mut reg2 = trainer(&[base[0], base[1], "critic.hist_avg=3.0"]);
         let mut plain2 = trainer(&base);
         reg2.critic_update().unwrap();
         plain2.critic_update().unwrap();
@@ -593,19 +592,19 @@ mod tests {
     #[test]
     fn updates_between_sync_steps_read_nothing_from_the_device() {
         let mut t = trainer(&[
-            "clip.max_norm_d=0.5",
-            "clip.max_norm_g=1e-3",
-            "clip.value_d=0.05",
-            "clip.value_g=0.05",
-            "regularize.l2_d=1e-3",
-            "regularize.l2_g=1e-3",
-            "regularize.hist_avg_d=1e-3",
-            "regularize.hist_avg_g=1e-3",
-            "regularize.weight_clip=0.5",
+            "critic.clip_norm=0.5",
+            "generator.clip_norm=1e-3",
+            "critic.clip_value=0.05",
+            "generator.clip_value=0.05",
+            "critic.l2=1e-3",
+            "generator.l2=1e-3",
+            "critic.hist_avg=1e-3",
+            "generator.hist_avg=1e-3",
+            "critic.weight_clip=0.5",
             "ema.half_life_steps=3",
-            "model.spectral_norm=true",
-            "loss.feature_matching=0.5",
-            "loss.penalty_every=2",
+            "critic.spectral_norm=true",
+            "generator.feature_matching=0.5",
+            "critic.penalty_every=2",
             "faults.nan_critic_updates=[3]",
         ]);
         let before = crate::hostread::count();
@@ -636,7 +635,7 @@ mod tests {
     /// squares of the one must equal the other (float32 sums: 1e-5 relative).
     #[test]
     fn synced_norms_agree_with_each_other() {
-        let mut t = trainer(&["clip.max_norm_d=0.1"]);
+        let mut t = trainer(&["critic.clip_norm=0.1"]);
         t.iteration().unwrap();
         t.iteration().unwrap();
         for (net, s) in t.sync().unwrap() {
@@ -656,7 +655,7 @@ mod tests {
     /// moves only for the updates taken.
     #[test]
     fn a_skipped_update_leaves_the_state_exactly_unchanged() {
-        let mut t = trainer(&["faults.nan_critic_updates=[2]", "regularize.hist_avg_d=1e-3", "regularize.weight_clip=0.5", "ema.half_life_steps=3"]);
+        let mut t = trainer(&["faults.nan_critic_updates=[2]", "critic.hist_avg=1e-3", "critic.weight_clip=0.5", "ema.half_life_steps=3"]);
         let bits = |t: &Trainer| -> Vec<(String, Vec<u32>)> {
             t.state_tensors().into_iter().map(|(k, v)| (k, values(&v).iter().map(|x| (*x as f32).to_bits()).collect())).collect()
         };
