@@ -35,6 +35,8 @@ pub mod regularize;
 pub mod samples;
 pub mod scalar_log;
 pub mod seeds;
+pub mod sink;
+pub mod timing;
 pub mod train;
 
 /// The libtorch version this build is made for (tch 0.24 checks it at build time).

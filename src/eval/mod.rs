@@ -12,7 +12,9 @@ use anyhow::{bail, Context, Result};
 use std::io::Read;
 pub use classifier::Classifier;
 use frechet::Gaussian;
-use serde_json::{json, Map, Value};
+use crate::sink::record::keys;
+use crate::sink::{Metric, MetricValue};
+use serde_json::{Map, Value};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -215,20 +217,28 @@ impl Evaluator {
 }
 
 impl Report {
-    /// Flat key/value pairs for the scalar log and the JSON line.
-    pub fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("eval_n".into(), json!(self.n));
-        m.insert(crate::scalar_log::FID.into(), json!(self.fid));
-        m.insert(crate::scalar_log::CLASSES_COVERED.into(), json!(self.classes_covered));
-        m.insert("kl_uniform".into(), json!(self.kl_uniform));
-        m.insert("confidence".into(), json!(self.confidence));
-        m.insert("class_histogram".into(), json!(self.histogram));
+    /// The report as named metrics, under their metrics.jsonl keys: what an evaluation during
+    /// training hands every reader (`sink::EvalReport`).
+    pub fn to_metrics(&self) -> Vec<Metric> {
+        let metric = |name: &str, value| Metric { name: name.into(), value };
+        let mut m = vec![
+            metric("eval_n", MetricValue::Count(self.n as u64)),
+            metric(keys::FID, MetricValue::Real(self.fid)),
+            metric(keys::CLASSES_COVERED, MetricValue::Count(self.classes_covered as u64)),
+            metric("kl_uniform", MetricValue::Real(self.kl_uniform)),
+            metric("confidence", MetricValue::Real(self.confidence)),
+            metric("class_histogram", MetricValue::Counts(self.histogram.clone())),
+        ];
         if let Some(s) = &self.stacked {
-            m.insert("modes_covered".into(), json!(s.modes));
-            m.insert("kl_modes".into(), json!(s.kl_modes));
+            m.push(metric("modes_covered", MetricValue::Count(s.modes as u64)));
+            m.push(metric("kl_modes", MetricValue::Real(s.kl_modes)));
         }
         m
+    }
+
+    /// The metrics as one JSON object (the last line of `gandist eval`).
+    pub fn to_json(&self) -> Map<String, Value> {
+        self.to_metrics().into_iter().map(|m| (m.name, serde_json::to_value(m.value).expect("a metric serialises"))).collect()
     }
 
     /// A human-readable table.

@@ -1,16 +1,19 @@
 //! Prometheus metrics of one training rank: the registry with every `gandist_*` family and the
-//! process metrics, and setters that the training loop calls after each update. Setters only
-//! store to atomics; the HTTP exporter (`server`) reads the registry on its own thread, and
-//! `targets` writes the file through which Prometheus finds every rank.
+//! process metrics, and their setters, which `monitor::Monitor` (the exporter as a reader of
+//! the run, a `Sink`) calls at sync steps. Setters only store to atomics; the HTTP exporter
+//! (`server`) reads the registry on its own thread, and `targets` writes the file through which
+//! Prometheus finds every rank.
 //!
 //! Every series carries a `rank` label. Other labels: `net` (critic, generator), `term` (a loss
 //! term), `layer` (a network layer, e.g. conv1), `phase` (a part of an update).
 
+pub mod monitor;
 pub mod server;
 pub mod targets;
 
 pub use crate::health::GradientHealth;
-use crate::model::Net;
+use crate::net::Net;
+pub use monitor::Monitor;
 use anyhow::{Context, Result};
 use prometheus::{Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 use std::collections::HashMap;
@@ -62,6 +65,7 @@ pub struct Metrics {
     eval_fid: Gauge,
     eval_classes_covered: Gauge,
     eval_step: Gauge,
+    eval_metric: GaugeVec,
 }
 
 impl Metrics {
@@ -104,6 +108,7 @@ impl Metrics {
             eval_fid: gauge("gandist_eval_fid", "Frechet distance of generated to real images at the last evaluation (NaN before one).")?,
             eval_classes_covered: gauge("gandist_eval_classes_covered", "Digit classes a classifier finds among generated images at the last evaluation (NaN before one).")?,
             eval_step: gauge("gandist_eval_step", "Generator step of the last evaluation (NaN before one).")?,
+            eval_metric: gauges("gandist_eval_metric", "Every scalar metric of the last evaluation, by its name in metrics.jsonl.", &["metric"])?,
             registry: registry.clone(),
         };
         for g in [&m.eval_fid, &m.eval_classes_covered, &m.eval_step] {
@@ -211,6 +216,12 @@ impl Metrics {
         if let Some(c) = classes_covered {
             self.eval_classes_covered.set(c);
         }
+    }
+
+    /// For the evaluation: its scalar metric `name` (each metric a series, so that a new one
+    /// needs no new family).
+    pub fn set_eval_metric(&self, name: &str, value: f64) {
+        self.eval_metric.with_label_values(&[name]).set(value);
     }
 }
 
@@ -406,7 +417,9 @@ pub(crate) mod tests {
         assert_eq!(s("gandist_build_info", &[("version", "0.1.0"), ("backend", "mpi"), ("device", "cpu")]), 1.0);
         assert!(s("gandist_eval_fid", &[]).is_nan(), "no evaluation yet");
         m.set_eval_scores(100, Some(12.5), None);
+        m.set_eval_metric("kid", 0.25);
         let text = m.encode().unwrap();
+        assert_eq!(sample(&text, "gandist_eval_metric", &[("metric", "kid")]), Some(0.25));
         assert_eq!(sample(&text, "gandist_eval_fid", &[]), Some(12.5));
         assert!(sample(&text, "gandist_eval_classes_covered", &[]).unwrap().is_nan());
         assert_eq!(sample(&text, "gandist_eval_step", &[]), Some(100.0));

@@ -5,11 +5,11 @@
 //! reading of format version 1, whose counters were an untyped map. `load_generator` reads a
 //! generator out of a checkpoint by the same names, for `sample`, `eval` and `ablate`.
 
-use super::Trainer;
 use crate::checkpoint::{self, Meta, TensorMap};
 use crate::config::Config;
 use crate::health::HealthSnapshot;
-use crate::model::{Generator, Net, PerNet};
+use crate::model::Generator;
+use crate::net::{Net, PerNet};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -112,74 +112,6 @@ struct RecordV1 {
     health: BTreeMap<String, HealthSnapshot>,
 }
 
-impl Trainer {
-    /// Every tensor a checkpoint holds, named, as views of the live state (so that restoring
-    /// and broadcasting write through them).
-    pub(super) fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        for net in Net::ALL {
-            let (params, state) = (self.params(net), &self.nets[net]);
-            out.extend(params.names.iter().zip(&params.tensors).map(|(n, t)| (names::param(net, n), t.detach())));
-            out.extend(state.optimizer.state().into_iter().map(|(m, t)| (names::moment(net, m), t)));
-            if let Some(h) = &state.history {
-                out.push((names::history(net, "mean"), h.mean.shallow_clone()));
-                out.push((names::history(net, "count"), h.count.shallow_clone()));
-            }
-            if let Some(e) = &state.ema {
-                out.extend(params.views(&e.flat).map(|(n, t)| (names::ema(net, n), t)));
-            }
-        }
-        if let Some(sn) = &self.critic.spectral {
-            out.extend(sn.iter().enumerate().map(|(i, s)| (names::spectral_u(i), s.u.shallow_clone())));
-        }
-        out
-    }
-
-    /// Every tensor a checkpoint holds, with its shape.
-    pub fn state_shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        self.state_tensors().into_iter().map(|(k, t)| (k, t.size().iter().map(|&d| d as usize).collect())).collect()
-    }
-
-    /// The state on the host (the tensors' one read each).
-    pub fn snapshot(&self) -> Result<Snapshot> {
-        let mut tensors = TensorMap::new();
-        for (name, t) in self.state_tensors() {
-            let shape = t.size().iter().map(|&d| d as usize).collect();
-            tensors.insert(name, (shape, crate::hostread::vec_f32(&t)?));
-        }
-        Ok(Snapshot { counters: self.counters, health: self.nets.map(|s| Some(s.health.snapshot())), tensors })
-    }
-
-    /// Returns to `s`: every tensor, the counters and the optimizers' step counts, the
-    /// learning rates, no skips in a row; the rest as `why` says.
-    pub fn restore(&mut self, s: &Snapshot, why: Restore) -> Result<()> {
-        tch::no_grad(|| -> Result<()> {
-            for (name, mut dst) in self.state_tensors() {
-                let (shape, data) = s.tensors.get(&name).with_context(|| format!("the state has no tensor {name}"))?;
-                let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-                dst.copy_(&crate::device::upload(&Tensor::from_slice(data).view(shape.as_slice()), self.device));
-            }
-            Ok(())
-        })?;
-        self.counters = s.counters;
-        for net in Net::ALL {
-            let state = &mut self.nets[net];
-            state.optimizer.set_step_count(s.counters.applied[net]);
-            state.skip_streak = 0;
-            if why == Restore::Resume {
-                if let Some(h) = &s.health[net] {
-                    state.health.restore(h);
-                }
-            }
-        }
-        self.set_lr_scale(s.counters.lr_scale);
-        if why == Restore::Resume {
-            self.faults.count_from(s.counters.critic_step);
-        }
-        Ok(())
-    }
-}
-
 impl Snapshot {
     /// The name of a tensor holding a non-finite value, if any.
     pub fn non_finite_tensor(&self) -> Option<&str> {
@@ -221,18 +153,19 @@ impl Snapshot {
         Ok(Snapshot { counters: record.counters, health: record.health, tensors: l.tensors })
     }
 
-    /// The newest usable checkpoint under `root` (see `checkpoint::load_latest`) for
-    /// `trainer`'s state, or None when there is none.
-    pub fn load_latest(root: &Path, trainer: &Trainer) -> Result<Option<(PathBuf, Snapshot)>> {
-        match checkpoint::load_latest(root, &trainer.state_shapes())? {
-            Some(l) => Ok(Some((l.dir.clone(), Snapshot::from_checkpoint(l, &trainer.cfg)?))),
+    /// The newest usable checkpoint under `root` (see `checkpoint::load_latest`) for a
+    /// trainer of state `shapes` (`Trainer::state_shapes`) running `cfg`, or None when there is
+    /// none.
+    pub fn load_latest(root: &Path, shapes: &BTreeMap<String, Vec<usize>>, cfg: &Config) -> Result<Option<(PathBuf, Snapshot)>> {
+        match checkpoint::load_latest(root, shapes)? {
+            Some(l) => Ok(Some((l.dir.clone(), Snapshot::from_checkpoint(l, cfg)?))),
             None => Ok(None),
         }
     }
 
-    /// The checkpoint in `dir` for `trainer`'s state.
-    pub fn load(dir: &Path, trainer: &Trainer) -> Result<Snapshot> {
-        Snapshot::from_checkpoint(checkpoint::load(dir, &trainer.state_shapes())?, &trainer.cfg)
+    /// The checkpoint in `dir` for a trainer of state `shapes` running `cfg`.
+    pub fn load(dir: &Path, shapes: &BTreeMap<String, Vec<usize>>, cfg: &Config) -> Result<Snapshot> {
+        Snapshot::from_checkpoint(checkpoint::load(dir, shapes)?, cfg)
     }
 }
 
@@ -308,8 +241,9 @@ pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Devic
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{DeviceImages, Mnist};
     use crate::collectives::Local;
+    use crate::data::{DeviceImages, Mnist};
+    use crate::train::Trainer;
     use std::rc::Rc;
 
     fn trainer(overrides: &[&str]) -> Trainer {
@@ -367,11 +301,11 @@ mod tests {
             rolled.iteration().unwrap();
         }
         rolled.sync().unwrap();
-        let live = rolled.nets.generator.health.counts();
+        let live = rolled.snapshot().unwrap().health.generator.unwrap().counts;
         assert_ne!(Some(live), snap.health.generator.as_ref().map(|h| h.counts));
         rolled.restore(&snap, Restore::Rollback).unwrap();
-        assert_eq!(rolled.counters, snap.counters);
-        assert_eq!(rolled.nets.generator.health.counts(), live, "a rollback keeps the live detectors");
+        assert_eq!(rolled.counters(), snap.counters);
+        assert_eq!(rolled.snapshot().unwrap().health.generator.unwrap().counts, live, "a rollback keeps the live detectors");
         for t in [&mut a, &mut resumed, &mut rolled] {
             t.iteration().unwrap();
             t.sync().unwrap();
@@ -419,12 +353,15 @@ mod tests {
         t.iteration().unwrap();
         t.sync().unwrap();
         let snap = t.snapshot().unwrap();
-        let dir = snap.save(root.path(), &t.cfg, 1).unwrap();
-        assert_eq!(Snapshot::load(&dir, &t).unwrap(), snap);
-        let (latest, s) = Snapshot::load_latest(root.path(), &t).unwrap().unwrap();
+        let dir = snap.save(root.path(), t.config(), 1).unwrap();
+        assert_eq!(Snapshot::load(&dir, &t.state_shapes(), t.config()).unwrap(), snap);
+        let (latest, s) = Snapshot::load_latest(root.path(), &t.state_shapes(), t.config()).unwrap().unwrap();
         assert_eq!((latest, s), (dir.clone(), snap));
         let other = trainer(&[&STATEFUL[..], &["critic.lr=3e-4"]].concat());
-        let e = format!("{:#}", Snapshot::load(&dir, &other).unwrap_err());
-        assert!(e.contains("different configuration"), "{e}");
+        let e = format!("{:#}", Snapshot::load(&dir, &other.state_shapes(), other.config()).unwrap_err());
+        assert!(e.contains("different configuration") && e.contains("critic.lr = 0.0001 vs 0.0003"), "{e}");
+        // A checkpoint written under the old keys is the same configuration.
+        let old_keys = Config::from_toml_str("", &["optim.lr_d=1e-4".into()]).unwrap();
+        assert!(old_keys.trajectory_differences(&Config::default()).is_empty());
     }
 }
