@@ -247,8 +247,8 @@ pub struct TrainConfig {
     pub iterations: u64,
     pub n_critic: u64,
     pub seed: u64,
-    /// "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
-    pub device: String,
+    /// "auto" (cuda when available), "cpu", "cuda" or "cuda:N"; parsed when read.
+    pub device: DeviceChoice,
     /// CPU threads for libtorch (0 = libtorch's default).
     pub threads: i32,
     pub log_every: u64,
@@ -264,6 +264,61 @@ pub struct TrainConfig {
     /// After SIGTERM/SIGINT the ranks finish the iteration, checkpoint and exit; a process
     /// still running this many seconds after the signal exits at once.
     pub stop_grace_seconds: f64,
+}
+
+/// Where a rank computes, `train.device`: parsed once, when the configuration is read, and
+/// resolved to a libtorch device at start (`crate::device::select`), where CUDA's presence is
+/// known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU (the rank's node-local one), else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The rank's node-local GPU; an error without one.
+    Cuda,
+    /// This GPU (as this process numbers its visible GPUs).
+    CudaIndex(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(DeviceChoice::CudaIndex(i)),
+                _ => Err(format!("{s:?} is not a device: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda => f.write_str("cuda"),
+            DeviceChoice::CudaIndex(i) => write!(f, "cuda:{i}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -439,7 +494,7 @@ impl Default for TrainConfig {
             iterations: 200_000,
             n_critic: 5,
             seed: 0,
-            device: "auto".into(),
+            device: DeviceChoice::Auto,
             threads: 0,
             log_every: 100,
             sample_every: 1000,
@@ -621,8 +676,6 @@ impl Config {
             "an IP address such as \"127.0.0.1\" or \"0.0.0.0\"",
         )?;
         check(self.eval.n >= 2, "eval.n", self.eval.n, "at least 2 (the Frechet distance needs a covariance)")?;
-        parse_device_name(&self.train.device)
-            .with_context(|| format!("train.device = {:?}", self.train.device))?;
         Ok(())
     }
 
@@ -633,7 +686,7 @@ impl Config {
     pub fn trajectory(&self) -> Config {
         let mut c = self.clone();
         c.train.iterations = 0;
-        c.train.device = String::new();
+        c.train.device = DeviceChoice::Auto;
         c.train.threads = 0;
         c.train.log_every = 0;
         c.train.sample_every = 0;
@@ -669,15 +722,6 @@ impl Config {
         let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
         let show = |v: Option<&toml::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
         keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("{k} = {} vs {}", show(a.get(k)), show(b.get(k)))).collect()
-    }
-}
-
-/// Checks a device name's form; whether CUDA is present is decided at start.
-pub fn parse_device_name(name: &str) -> Result<()> {
-    match name {
-        "auto" | "cpu" | "cuda" => Ok(()),
-        s if s.strip_prefix("cuda:").is_some_and(|i| i.parse::<usize>().is_ok()) => Ok(()),
-        _ => bail!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
     }
 }
 
@@ -747,7 +791,7 @@ mod tests {
         let c = Config::from_toml_str("[critic]\nlr = 1.0\n", &o).unwrap();
         assert_eq!(c.critic.lr, 3e-4);
         assert_eq!(c.loss.kind, LossKind::NonSaturating);
-        assert_eq!(c.train.device, "cpu");
+        assert_eq!(c.train.device, DeviceChoice::Cpu);
     }
 
     #[test]
@@ -767,6 +811,20 @@ mod tests {
         assert_eq!(Config::default().data.dataset.channels(), 1);
         let e = err("", &["data.dataset=cifar"]);
         assert!(e.contains("cifar") && e.contains("stacked-mnist"), "{e}");
+    }
+
+    /// train.device is parsed when the configuration is read, and written back as it was given.
+    #[test]
+    fn the_device_is_parsed_once_and_round_trips() {
+        for (text, want) in [("auto", DeviceChoice::Auto), ("cpu", DeviceChoice::Cpu), ("cuda", DeviceChoice::Cuda), ("cuda:3", DeviceChoice::CudaIndex(3))] {
+            let c = Config::from_toml_str(&format!("[train]\ndevice = \"{text}\"\n"), &[]).unwrap();
+            assert_eq!(c.train.device, want);
+            assert!(c.to_toml().contains(&format!("device = \"{text}\"")), "{}", c.to_toml());
+        }
+        for bad in ["", "gpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            let e = err(&format!("[train]\ndevice = \"{bad}\"\n"), &[]);
+            assert!(e.contains("train.device") && e.contains("cuda:N"), "{bad:?}: {e}");
+        }
     }
 
     #[test]
@@ -847,7 +905,7 @@ mod tests {
         let a = Config::default();
         let mut b = a.clone();
         b.train.iterations += 10;
-        b.train.device = "cpu".into();
+        b.train.device = DeviceChoice::Cpu;
         b.eval.every = 7;
         assert_eq!(a.trajectory_hash(), b.trajectory_hash());
         assert!(a.trajectory_differences(&b).is_empty());

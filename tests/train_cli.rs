@@ -126,6 +126,61 @@ fn sample_writes_png_and_idx() {
     fails(&["sample", "--checkpoint", tmp.path().to_str().unwrap(), "--out", png.to_str().unwrap()], &["neither a checkpoint directory"]);
 }
 
+/// `gandist checkpoint latest` answers what `train --resume auto` takes, by the same code: the
+/// newest checkpoint that checks (an older one when the newest is damaged), nothing for a run
+/// without checkpoints, an error when none is usable or the configuration is another's; as
+/// KEY=VALUE lines and as JSON; for a format-1 checkpoint written in the old keys too.
+#[test]
+fn checkpoint_latest_is_what_resume_auto_takes() {
+    let data = mnist_dir();
+    let d = data.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let r = run.to_str().unwrap();
+    let latest = |extra: &[&str]| ok(&[&["checkpoint", "latest", "--run-dir", r][..], extra].concat());
+    // Stdout holds the answer alone (warnings go to stderr).
+    let stdout_json = |args: &[&str]| -> serde_json::Value {
+        let o = gandist(args);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+    };
+    let json = |extra: &[&str]| stdout_json(&[&["checkpoint", "latest", "--run-dir", r, "--json"][..], extra].concat());
+    assert_eq!(json(&[]), serde_json::json!({"run_dir": r, "checkpoint": null, "step": null, "batch_size": null, "world_size": null}));
+    assert!(latest(&[]).contains("checkpoint=\nstep=\n"), "no checkpoint: empty values");
+    ok(&train_args(r, d, &[]));
+    let ck = |step: u64| run.join("checkpoints").join(gandist::checkpoint::dir_name(step)).to_str().unwrap().to_string();
+    assert_eq!(json(&[]), serde_json::json!({"run_dir": r, "checkpoint": ck(6), "step": 6, "batch_size": 16, "world_size": 1}));
+    let text = latest(&[]);
+    assert!(text.contains(&format!("checkpoint={}\nstep=6\nbatch_size=16\nworld_size=1\n", ck(6))), "{text}");
+    // With the run's own configuration: the same answer; with another trajectory, the refusal
+    // `train --resume auto` would give.
+    let cfg = smoke_config();
+    let c = cfg.to_str().unwrap();
+    assert_eq!(json(&["--config", c])["step"], 6);
+    fails(&["checkpoint", "latest", "--run-dir", r, "--config", c, "--set", "critic.lr=3e-4"], &["different configuration", "critic.lr"]);
+    // A damaged newest checkpoint: both take step 3.
+    std::fs::write(run.join("checkpoints/step-000000006/state.safetensors"), b"truncated").unwrap();
+    let out = ok(&["checkpoint", "latest", "--run-dir", r, "--json"]);
+    assert!(out.contains("skipped") && out.contains("step-000000006"), "the skipped checkpoint is named: {out}");
+    assert_eq!(json(&[])["step"], 3);
+    let out = ok(&train_args(r, d, &["--set", "train.iterations=4", "--resume", "auto"]));
+    assert!(out.contains("resumed from") && out.contains("at step 3"), "{out}");
+    // Nothing usable: an error naming why, as --resume auto fails.
+    for step in [3, 4, 6] {
+        let _ = std::fs::write(run.join(format!("checkpoints/step-00000000{step}/meta.json")), "{");
+    }
+    fails(&["checkpoint", "latest", "--run-dir", r], &["no usable checkpoint"]);
+    // A format-1 checkpoint, its configuration in the old keys.
+    let old = tmp.path().join("old");
+    let dst = old.join("checkpoints/step-000000004");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["meta.json", "state.safetensors"] {
+        std::fs::copy(repo().join("tests/fixtures/checkpoint-v1/step-000000004").join(f), dst.join(f)).unwrap();
+    }
+    let v = stdout_json(&["checkpoint", "latest", "--run-dir", old.to_str().unwrap(), "--json"]);
+    assert_eq!((v["step"].clone(), v["batch_size"].clone()), (serde_json::json!(4), serde_json::json!(4)));
+}
+
 /// The loop reads from the device only at its sync steps (here the logging steps 3, 6 and 9,
 /// which are also the sample and checkpoint steps), never in the iterations between them;
 /// each rank says so at the end.

@@ -39,7 +39,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     if a.n == 0 {
         bail!("--n must be at least 1");
     }
-    let device = crate::device::select("auto", 0)?;
+    let device = crate::device::select(crate::config::DeviceChoice::Auto, 0)?;
     let ck = crate::train::snapshot::load_generator(&a.checkpoint, a.weights.into(), device)?;
     crate::seeds::seed_torch(a.seed, crate::seeds::Stream::FixedNoise, 1);
     let n = a.n;

@@ -19,7 +19,7 @@ pub mod nccl;
 pub mod selftest;
 pub mod watchdog;
 
-use crate::config::{Backend, DistConfig};
+use crate::config::{Backend, DeviceChoice, DistConfig};
 use anyhow::Result;
 use choice::{RankFacts, StartupReport};
 use tch::{Device, Tensor};
@@ -148,8 +148,13 @@ fn rank_facts(rank: usize, local_rank: usize, local_size: usize, device: Device,
     f
 }
 
+/// The GPUs the CUDA driver sees, for `device::auto_cpu_reason`.
+fn driver_gpus() -> Option<usize> {
+    cuda::driver().and_then(|d| d.device_count()).ok()
+}
+
 /// Starts the collective backend the config asks for and picks this rank's device.
-pub fn init(cfg: &DistConfig, device_name: &str) -> Result<Started> {
+pub fn init(cfg: &DistConfig, device_name: DeviceChoice) -> Result<Started> {
     let want_mpi = match cfg.backend {
         Backend::Local => false,
         Backend::Auto => launched_by_mpi(),
@@ -158,7 +163,7 @@ pub fn init(cfg: &DistConfig, device_name: &str) -> Result<Started> {
     if !want_mpi {
         let device = crate::device::select(device_name, 0)?;
         let facts = rank_facts(0, 0, 1, device, false);
-        let notes = crate::device::auto_cpu_reason(device_name, device).into_iter().collect();
+        let notes = crate::device::auto_cpu_reason(device_name, device, driver_gpus).into_iter().collect();
         return Ok(Started { comm: Box::new(Local), device, report: choice::startup_report(&facts, 1, "local", notes) });
     }
     #[cfg(feature = "mpi")]
@@ -172,7 +177,7 @@ pub fn init(cfg: &DistConfig, device_name: &str) -> Result<Started> {
 }
 
 #[cfg(feature = "mpi")]
-fn init_mpi(cfg: &DistConfig, device_name: &str) -> Result<Started> {
+fn init_mpi(cfg: &DistConfig, device_name: DeviceChoice) -> Result<Started> {
     use anyhow::{bail, Context};
     use std::time::Duration;
     set_device_before_mpi(device_name);
@@ -200,7 +205,7 @@ fn init_mpi(cfg: &DistConfig, device_name: &str) -> Result<Started> {
     let device = device?;
     let choice = choice::choose(cfg.backend, &all)?;
     let mut notes = vec![choice.reason.clone()];
-    notes.extend(crate::device::auto_cpu_reason(device_name, device));
+    notes.extend(crate::device::auto_cpu_reason(device_name, device, driver_gpus));
     if !choice.nccl {
         return Ok(Started { comm: Box::new(mpi), device, report: choice::startup_report(&mine, world, "mpi", notes) });
     }
@@ -221,14 +226,14 @@ fn init_mpi(cfg: &DistConfig, device_name: &str) -> Result<Started> {
 /// early (`cuda::local_rank_hint`); when it does, that GPU's context is made current.
 /// Without a hint nothing is done, and MPI's own node-local rank picks the device after.
 #[cfg(feature = "mpi")]
-fn set_device_before_mpi(device_name: &str) {
-    if device_name == "cpu" || !tch::Cuda::is_available() {
+fn set_device_before_mpi(device_name: DeviceChoice) {
+    if device_name == DeviceChoice::Cpu || !tch::Cuda::is_available() {
         return;
     }
     let count = tch::Cuda::device_count().max(1) as usize;
-    let ordinal = match device_name.strip_prefix("cuda:") {
-        Some(i) => i.parse().ok(),
-        None => cuda::local_rank_hint(|v| std::env::var(v).ok()).map(|(r, _)| r % count),
+    let ordinal = match device_name {
+        DeviceChoice::CudaIndex(i) => Some(i),
+        _ => cuda::local_rank_hint(|v| std::env::var(v).ok()).map(|(r, _)| r % count),
     };
     if let Some(i) = ordinal.filter(|&i| i < count) {
         if let Err(e) = cuda::driver().and_then(|d| d.make_current(i)) {

@@ -53,7 +53,7 @@ pub enum Outcome {
 /// Trains `cfg` and returns how the run ended. Runs on every rank; an error on one rank ends
 /// the whole job.
 pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
-    let started = collectives::init(&cfg.dist, &cfg.train.device)?;
+    let started = collectives::init(&cfg.dist, cfg.train.device)?;
     crate::logging::set_rank(started.comm.rank());
     tracing::info!("{}", started.report);
     let comm: Rc<dyn Collective> = Rc::from(started.comm);

@@ -235,7 +235,7 @@ impl<'a> Run<'a> {
         let is_root = comm.rank() == 0;
         crate::logging::set_rank(comm.rank());
         crate::cpus::set_threads(&cfg, comm.as_ref())?;
-        let ckpt_root = opts.run_dir.join("checkpoints");
+        let ckpt_root = checkpoint::checkpoints_dir(&opts.run_dir);
         if is_root {
             prepare_run_dir(opts, &ckpt_root)?;
         }

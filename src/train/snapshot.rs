@@ -169,6 +169,24 @@ impl Snapshot {
     }
 }
 
+/// The configuration the newest checkpoint under `root` embeds, of those whose meta.json and
+/// configuration read: the run's own, when no other is given. None without checkpoints; an
+/// error naming each one's problem when none reads.
+pub fn newest_embedded_config(root: &Path) -> Result<Option<Config>> {
+    let all = checkpoint::list(root);
+    let mut errors = Vec::new();
+    for (_, dir) in &all {
+        match checkpoint::read_meta(dir).and_then(|m| Config::from_embedded(&m.config).with_context(|| format!("the configuration in {}", dir.join("meta.json").display()))) {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if all.is_empty() {
+        return Ok(None);
+    }
+    bail!("no usable checkpoint in {}:\n  {}", root.display(), errors.join("\n  "))
+}
+
 /// The trainer's record of a checkpoint, by its format version.
 fn trainer_record(meta: &Meta) -> Result<TrainerRecord> {
     let record = match meta.format_version {

@@ -208,6 +208,43 @@ fn gradient(params: &ParamSet, loss: &Tensor, local: Option<Tensor>) -> (Tensor,
     }
 }
 
+/// Both models and their states, as a trainer starts them.
+struct Networks {
+    critic: Critic,
+    generator: Generator,
+    ema_generator: Option<Generator>,
+    nets: PerNet<NetState>,
+}
+
+impl Networks {
+    /// Both networks of `cfg` on `device`, initialised from the seed.
+    fn new(cfg: &Config, device: Device) -> Networks {
+        seeds::seed_torch(cfg.train.seed, Stream::Init, 0);
+        let generator = Generator::from_config(cfg, device);
+        let critic = Critic::from_config(cfg, device);
+        // The EMA is the generator's alone: its weights, and a copy of the generator on them.
+        let ema_generator = cfg.ema.enabled().then(|| generator.copy());
+        let ema = ema_generator.as_ref().map(|g| Ema { beta: cfg.ema.beta(cfg.data.batch_size), flat: g.params.flat.shallow_clone() });
+        let nets = PerNet { critic: NetState::new(Net::Critic, cfg, &critic.params, None), generator: NetState::new(Net::Generator, cfg, &generator.params, ema) };
+        Networks { critic, generator, ema_generator, nets }
+    }
+}
+
+/// Every tensor a checkpoint holds, named, as views of the live state (so that restoring and
+/// broadcasting write through them): each network's state, and the critic's spectral-norm
+/// vectors.
+fn state_tensors(nets: &PerNet<NetState>, critic: &Critic) -> Vec<(String, Tensor)> {
+    let mut out: Vec<(String, Tensor)> = Net::ALL.iter().flat_map(|&net| nets[net].state_tensors()).collect();
+    if let Some(sn) = &critic.spectral {
+        out.extend(sn.iter().enumerate().map(|(i, s)| (names::spectral_u(i), s.u.shallow_clone())));
+    }
+    out
+}
+
+fn shapes(tensors: Vec<(String, Tensor)>) -> BTreeMap<String, Vec<usize>> {
+    tensors.into_iter().map(|(k, t)| (k, t.size().iter().map(|&d| d as usize).collect())).collect()
+}
+
 impl Trainer {
     /// Builds both networks from the seed and makes every rank hold rank 0's parameters.
     pub fn new(cfg: Config, comm: Rc<dyn Collective>, device: Device, data: DeviceImages) -> Result<Self> {
@@ -220,13 +257,7 @@ impl Trainer {
             bail!("data.batch_size = {global} is larger than the data set ({} images)", data.n);
         }
         let data = data.for_dataset(cfg.data.dataset, cfg.train.seed);
-        seeds::seed_torch(cfg.train.seed, Stream::Init, 0);
-        let generator = Generator::from_config(&cfg, device);
-        let critic = Critic::from_config(&cfg, device);
-        // The EMA is the generator's alone: its weights, and a copy of the generator on them.
-        let ema_generator = cfg.ema.enabled().then(|| generator.copy());
-        let ema = ema_generator.as_ref().map(|g| Ema { beta: cfg.ema.beta(cfg.data.batch_size), flat: g.params.flat.shallow_clone() });
-        let nets = PerNet { critic: NetState::new(Net::Critic, &cfg, &critic.params, None), generator: NetState::new(Net::Generator, &cfg, &generator.params, ema) };
+        let Networks { critic, generator, ema_generator, nets } = Networks::new(&cfg, device);
         let order = DeviceOrder::new(DistributedSampler::new(data.n, global, comm.rank(), world, cfg.train.seed), device);
         let mut t = Trainer {
             local_batch: (global / world) as i64,
@@ -540,19 +571,21 @@ impl Trainer {
         Ok(out)
     }
 
-    /// Every tensor a checkpoint holds, named, as views of the live state (so that restoring
-    /// and broadcasting write through them).
+    /// Every tensor a checkpoint holds, named, as views of the live state.
     fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out: Vec<(String, Tensor)> = Net::ALL.iter().flat_map(|&net| self.nets[net].state_tensors()).collect();
-        if let Some(sn) = &self.critic.spectral {
-            out.extend(sn.iter().enumerate().map(|(i, s)| (names::spectral_u(i), s.u.shallow_clone())));
-        }
-        out
+        state_tensors(&self.nets, &self.critic)
     }
 
     /// Every tensor a checkpoint holds, with its shape.
     pub fn state_shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        self.state_tensors().into_iter().map(|(k, t)| (k, t.size().iter().map(|&d| d as usize).collect())).collect()
+        shapes(self.state_tensors())
+    }
+
+    /// The same for a trainer of `cfg`, without data or ranks (the networks are built on the
+    /// CPU): what a checkpoint of a run of `cfg` must hold.
+    pub fn state_shapes_of(cfg: &Config) -> BTreeMap<String, Vec<usize>> {
+        let n = Networks::new(cfg, Device::Cpu);
+        shapes(state_tensors(&n.nets, &n.critic))
     }
 
     /// The state on the host (the tensors' one read each).
@@ -694,6 +727,16 @@ mod tests {
         let t = trainer(&["critic.penalty=none", "generator.adversarial=0", "generator.feature_matching=1"]);
         assert_eq!(t.phases[0].terms, vec![term(Term::Adversarial, 1.0, 1)]);
         assert_eq!(t.phases[1].terms, vec![term(Term::FeatureMatching, 1.0, 1)]);
+    }
+
+    /// The shapes a checkpoint of a configuration must hold are those of its trainer's state,
+    /// for every technique that keeps state.
+    #[test]
+    fn state_shapes_of_a_configuration_are_its_trainers() {
+        for o in [&[][..], &["ema.half_life_steps=2", "critic.hist_avg=1e-3", "generator.hist_avg=1e-3", "critic.spectral_norm=true"][..], &["critic.optimizer=sgd", "data.dataset=\"stacked-mnist\""][..]] {
+            let t = trainer(o);
+            assert_eq!(Trainer::state_shapes_of(t.config()), t.state_shapes(), "{o:?}");
+        }
     }
 
     /// Through the trainer: the EMA after k generator updates equals the closed form over the
