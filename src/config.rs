@@ -35,6 +35,29 @@ pub struct Config {
 pub struct ModelConfig {
     /// Size of the generator's noise input.
     pub latent: i64,
+    /// The networks: the paper's 28 x 28 ones, or the DCGAN family that scales with
+    /// data.resolution and data.channels. Left out of the written configuration when it is
+    /// the paper's, so that configurations from before this key hash as they did.
+    #[serde(skip_serializing_if = "Arch::is_paper")]
+    pub arch: Arch,
+}
+
+/// The generator's and critic's architecture (`crate::model`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// The WGAN-GP paper's MNIST networks: 28 x 28 images of any channel count.
+    #[default]
+    Paper,
+    /// DCGAN-style networks without batch statistics, for sides 16 to 256 (powers of two) and
+    /// 1 or 3 channels (`crate::model::dcgan`).
+    Dcgan,
+}
+
+impl Arch {
+    pub fn is_paper(&self) -> bool {
+        *self == Arch::Paper
+    }
 }
 
 /// The critic: its optimizer, its width and Lipschitz constraints, the penalty and label
@@ -427,7 +450,7 @@ impl Default for HealthConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { latent: 128 }
+        ModelConfig { latent: 128, arch: Arch::Paper }
     }
 }
 
@@ -825,6 +848,39 @@ mod tests {
             let e = err(&format!("[train]\ndevice = \"{bad}\"\n"), &[]);
             assert!(e.contains("train.device") && e.contains("cuda:N"), "{bad:?}: {e}");
         }
+    }
+
+    #[test]
+    fn architecture_choice() {
+        assert_eq!(Config::default().model.arch, Arch::Paper);
+        let c = Config::from_toml_str("", &["model.arch=dcgan".to_string()]).unwrap();
+        assert_eq!(c.model.arch, Arch::Dcgan);
+        assert!(c.to_toml().contains("arch = \"dcgan\""));
+        let e = err("", &["model.arch=resnet"]);
+        assert!(e.contains("resnet") && e.contains("dcgan"), "{e}");
+    }
+
+    /// A configuration written before keys were added or renamed (the format-1 fixture's,
+    /// from before model.arch and the network tables) reads as the configuration it was: its
+    /// old keys under their new names, defaults for the keys added since. Resuming compares
+    /// values (`Snapshot::from_checkpoint`), so its checkpoints resume under today's keys.
+    #[test]
+    fn configurations_from_before_new_keys_are_the_same_configuration() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("tests/fixtures/checkpoint-v1/step-000000002/meta.json")).unwrap()).unwrap();
+        let text = meta["config"].as_str().unwrap();
+        assert!(text.contains("[regularize]") && !text.contains("arch"), "the fixture is from before");
+        let old = Config::from_embedded(text).unwrap();
+        let sets = [
+            "critic.width=1", "generator.width=1", "model.latent=4", "data.batch_size=4", "data.limit=64", "train.iterations=4",
+            "train.checkpoint_every=2", "train.sample_every=2", "train.log_every=1", "ema.half_life_steps=2", "critic.hist_avg=1e-3",
+            "generator.hist_avg=1e-3", "critic.spectral_norm=true", "faults.nan_critic_updates=[1]",
+        ];
+        let smoke = std::fs::read_to_string(root.join("configs/smoke.toml")).unwrap();
+        let today = Config::from_toml_str(&smoke, &sets.map(String::from)).unwrap();
+        assert_eq!(old.model.arch, Arch::Paper);
+        assert!(old.trajectory_differences(&today).is_empty(), "{:?}", old.trajectory_differences(&today));
+        assert_eq!(old.trajectory_hash(), today.trajectory_hash());
     }
 
     #[test]

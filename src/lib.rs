@@ -7,7 +7,8 @@
 //!   reaches the host), `seeds` (every random stream), `timing` (an update's stages), `fsutil`.
 //! - `config`: the TOML schema, `[critic]` and `[generator]` with the old keys they replaced
 //!   (`config::legacy`), `train.device` as a typed `DeviceChoice`.
-//! - beside each other: `data` (IDX, MNIST, sampler), `model` (networks), `objective`
+//! - beside each other: `data` (IDX, MNIST, sampler), `model` (networks: the paper's and the DCGAN
+//!   family), `objective`
 //!   (adversarial losses), `regularize` (penalties and parameter regularisers), `optim` (Adam,
 //!   SGD, clipping), `health` (gradient-health detector), `device` (the device a rank computes
 //!   on), `cpus` (the affinity mask and threads per rank), `checkpoint` (the on-disk format),

@@ -70,7 +70,7 @@ fn latest(a: &LatestArgs) -> Result<Latest> {
         None => snapshot::newest_embedded_config(&root)?,
     };
     let found = match &cfg {
-        Some(cfg) => Snapshot::load_latest(&root, &Trainer::state_shapes_of(cfg), cfg)?,
+        Some(cfg) => Snapshot::load_latest(&root, &Trainer::state_shapes_of(cfg)?, cfg)?,
         None => None,
     };
     let world_size = match &found {

@@ -247,7 +247,7 @@ pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Devic
         GeneratorWeights::Raw => false,
     };
     let name = |n: &str| if ema { names::ema(Net::Generator, n) } else { names::param(Net::Generator, n) };
-    let generator = Generator::from_config(&config, device);
+    let generator = Generator::from_config(&config, device)?;
     let params = &generator.params;
     let shapes = params.names.iter().zip(&params.shapes).map(|(n, s)| (name(n), s.iter().map(|&d| d as usize).collect())).collect();
     let loaded = checkpoint::load(&dir, &shapes)?;

@@ -218,15 +218,15 @@ struct Networks {
 
 impl Networks {
     /// Both networks of `cfg` on `device`, initialised from the seed.
-    fn new(cfg: &Config, device: Device) -> Networks {
+    fn new(cfg: &Config, device: Device) -> Result<Networks> {
         seeds::seed_torch(cfg.train.seed, Stream::Init, 0);
-        let generator = Generator::from_config(cfg, device);
-        let critic = Critic::from_config(cfg, device);
+        let generator = Generator::from_config(cfg, device)?;
+        let critic = Critic::from_config(cfg, device)?;
         // The EMA is the generator's alone: its weights, and a copy of the generator on them.
         let ema_generator = cfg.ema.enabled().then(|| generator.copy());
         let ema = ema_generator.as_ref().map(|g| Ema { beta: cfg.ema.beta(cfg.data.batch_size), flat: g.params.flat.shallow_clone() });
         let nets = PerNet { critic: NetState::new(Net::Critic, cfg, &critic.params, None), generator: NetState::new(Net::Generator, cfg, &generator.params, ema) };
-        Networks { critic, generator, ema_generator, nets }
+        Ok(Networks { critic, generator, ema_generator, nets })
     }
 }
 
@@ -257,7 +257,7 @@ impl Trainer {
             bail!("data.batch_size = {global} is larger than the data set ({} images)", data.n);
         }
         let data = data.for_dataset(cfg.data.dataset, cfg.train.seed);
-        let Networks { critic, generator, ema_generator, nets } = Networks::new(&cfg, device);
+        let Networks { critic, generator, ema_generator, nets } = Networks::new(&cfg, device)?;
         let order = DeviceOrder::new(DistributedSampler::new(data.n, global, comm.rank(), world, cfg.train.seed), device);
         let mut t = Trainer {
             local_batch: (global / world) as i64,
@@ -583,9 +583,9 @@ impl Trainer {
 
     /// The same for a trainer of `cfg`, without data or ranks (the networks are built on the
     /// CPU): what a checkpoint of a run of `cfg` must hold.
-    pub fn state_shapes_of(cfg: &Config) -> BTreeMap<String, Vec<usize>> {
-        let n = Networks::new(cfg, Device::Cpu);
-        shapes(state_tensors(&n.nets, &n.critic))
+    pub fn state_shapes_of(cfg: &Config) -> Result<BTreeMap<String, Vec<usize>>> {
+        let n = Networks::new(cfg, Device::Cpu)?;
+        Ok(shapes(state_tensors(&n.nets, &n.critic)))
     }
 
     /// The state on the host (the tensors' one read each).
@@ -735,7 +735,7 @@ mod tests {
     fn state_shapes_of_a_configuration_are_its_trainers() {
         for o in [&[][..], &["ema.half_life_steps=2", "critic.hist_avg=1e-3", "generator.hist_avg=1e-3", "critic.spectral_norm=true"][..], &["critic.optimizer=sgd", "data.dataset=\"stacked-mnist\""][..]] {
             let t = trainer(o);
-            assert_eq!(Trainer::state_shapes_of(t.config()), t.state_shapes(), "{o:?}");
+            assert_eq!(Trainer::state_shapes_of(t.config()).unwrap(), t.state_shapes(), "{o:?}");
         }
     }
 
