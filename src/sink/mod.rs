@@ -8,7 +8,8 @@
 //!
 //! A reader is one file: a type that implements `Sink`, overriding the methods it needs (all
 //! default to doing nothing), plus one line where the run builds its sinks
-//! (`train::run::sinks`). For example a writer of scalar time series:
+//! (`train::run::sinks`; a program that embeds gandist passes its own to `train::run_with`,
+//! as `tests/sinks.rs` does). For example a writer of scalar time series:
 //!
 //! ```ignore
 //! impl Sink for MyWriter {
@@ -81,6 +82,11 @@ pub struct Sinks(Vec<Box<dyn Sink>>);
 impl Sinks {
     pub fn push(&mut self, sink: impl Sink + 'static) {
         self.0.push(Box::new(sink));
+    }
+
+    /// `other`'s sinks after these.
+    pub fn extend(&mut self, other: Sinks) {
+        self.0.extend(other.0);
     }
 
     pub fn is_empty(&self) -> bool {

@@ -23,6 +23,7 @@ pub mod trainer;
 
 use crate::collectives::{self, Collective};
 use crate::config::Config;
+use crate::sink::Sinks;
 use anyhow::Result;
 pub use net_state::NetState;
 use std::path::PathBuf;
@@ -53,12 +54,18 @@ pub enum Outcome {
 /// Trains `cfg` and returns how the run ended. Runs on every rank; an error on one rank ends
 /// the whole job.
 pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
+    run_with(cfg, opts, Sinks::default())
+}
+
+/// The same, with `extra` readers of the run after the ones it builds (for a program that
+/// embeds gandist, and tests).
+pub fn run_with(cfg: Config, opts: &RunOptions, extra: Sinks) -> Result<Outcome> {
     let started = collectives::init(&cfg.dist, cfg.train.device)?;
     crate::logging::set_rank(started.comm.rank());
     tracing::info!("{}", started.report);
     let comm: Rc<dyn Collective> = Rc::from(started.comm);
     let result = (|| {
-        let mut run = run::Run::start(cfg, opts, comm.clone(), started.device)?;
+        let mut run = run::Run::start(cfg, opts, comm.clone(), started.device, extra)?;
         let outcome = run.train()?;
         run.finish(outcome)
     })();

@@ -231,7 +231,8 @@ fn sinks(cfg: &Config, opts: &RunOptions, monitor: Option<Monitor>, is_root: boo
 }
 
 impl<'a> Run<'a> {
-    pub fn start(cfg: Config, opts: &'a RunOptions, comm: Rc<dyn Collective>, device: Device) -> Result<Run<'a>> {
+    /// The run's set-up, stage by stage; `extra` readers join the ones it builds.
+    pub fn start(cfg: Config, opts: &'a RunOptions, comm: Rc<dyn Collective>, device: Device, extra: Sinks) -> Result<Run<'a>> {
         let is_root = comm.rank() == 0;
         crate::logging::set_rank(comm.rank());
         crate::cpus::set_threads(&cfg, comm.as_ref())?;
@@ -245,6 +246,7 @@ impl<'a> Run<'a> {
         let resumed_from = resume(&mut trainer, opts.resume.as_ref(), &ckpt_root, is_root)?;
         let evaluator = (is_root && cfg.eval.every > 0).then(|| load_evaluator(&cfg, opts, device)).transpose()?;
         let mut sinks = sinks(&cfg, opts, monitor, is_root)?;
+        sinks.extend(extra);
         let step = trainer.counters().step;
         sinks.start(&RunStart {
             step,
