@@ -846,6 +846,23 @@ mod tests {
     }
 
     #[test]
+    fn error_messages_carry_nccl_last_error() {
+        assert_eq!(
+            error_message("ncclCommInitRank", 2, "unhandled system error", Some("socket.cc:123 connect to 10.0.0.2<5000> failed")),
+            "ncclCommInitRank failed: NCCL error 2 (unhandled system error); ncclGetLastError: socket.cc:123 connect to 10.0.0.2<5000> failed"
+        );
+        assert!(error_message("ncclAllReduce", 3, "internal error", Some("")).ends_with("; ncclGetLastError: (empty)"));
+        assert!(error_message("ncclAllReduce", 3, "internal error", None).ends_with("; this NCCL has no ncclGetLastError"));
+    }
+
+    #[test]
+    fn check_device_refuses_another_device() {
+        assert!(check_device(1, 1).is_ok());
+        let e = format!("{:#}", check_device(1, 0).unwrap_err());
+        assert!(e.starts_with("NCCL's communicator is on CUDA device 0 (ncclCommCuDevice), but gandist chose cuda:1 for this rank"), "{e}");
+    }
+
+    #[test]
     fn a_communicator_ends_exactly_once() {
         let e = Ending::default();
         assert_eq!(e.ended(), None);
