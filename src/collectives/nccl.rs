@@ -752,7 +752,8 @@ impl Collective for Nccl {
         }
         let mut buf = Tensor::ones([1024], (Kind::Float, Device::Cuda(dev)));
         let queued = Instant::now();
-        probe.all_reduce_sum(&mut buf)?;
+        // The mean: NCCL's kernel even with one rank, queued behind that work.
+        probe.all_reduce_mean(&mut buf)?;
         let err = loop {
             if let Err(e) = probe.check() {
                 break format!("{e:#}");
@@ -777,15 +778,17 @@ impl Collective for Nccl {
         }
         // The device work finishes, and the job's own communicator still works.
         let _ = crate::hostread::scalar(&x.sum(Kind::Float));
-        let mut one = Tensor::ones([3], (Kind::Float, Device::Cuda(dev)));
-        self.comm.all_reduce_sum(&mut one)?;
-        let sum = crate::hostread::vec_f32(&one)?;
+        // Out of place, so that it does device work with one rank too.
+        let ones = Tensor::ones([3], (Kind::Float, Device::Cuda(dev)));
+        let mut into = Tensor::full([3], f64::NAN, (Kind::Float, Device::Cuda(dev)));
+        self.comm.all_reduce_into(&ones, &mut into, super::ReduceOp::Sum)?;
+        let sum = crate::hostread::vec_f32(&into)?;
         if sum != vec![self.world_size() as f32; 3] {
             bail!("the job's communicator gave {sum:?} after the probe's abort");
         }
         self.comm.check()?;
         Ok(Some(format!(
-            "an all-reduce queued behind ~100 ms of work was aborted {:.0} ms after it was queued (deadline {deadline:?}); ncclCommAbort 1x, ncclCommDestroy 0x; later calls fail; the job's communicator still works; error: {err}",
+            "an all-reduce (mean) queued behind ~100 ms of work was aborted {:.0} ms after it was queued (deadline {deadline:?}; the probe's set-up within dist.timeout_seconds); ncclCommAbort 1x, ncclCommDestroy 0x; later calls fail; the job's communicator still works; error: {err}",
             noticed.as_secs_f64() * 1e3
         )))
     }
