@@ -275,6 +275,9 @@ pub struct DistConfig {
     /// Take the reduction path (flatten, collective, unflatten, apply) in every update even
     /// with one rank, where it is otherwise skipped: for checking a backend on one GPU (the
     /// GPU check runs NCCL's kernel in every update so). Same parameters either way.
+    /// Left out of the written configuration when false, so that configurations from before
+    /// the key hash as they did (`trajectory_hash`) and their checkpoints resume.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub force_reduce: bool,
 }
 

@@ -412,6 +412,8 @@ fn forced_reduction_at_world_size_1_gives_the_same_parameters_bit_for_bit() {
     let local = tmp.path().join("local-forced");
     c.args(train_args(&local, &sets("local", true)));
     run_ok(c);
+    let written = std::fs::read_to_string(local.join("config.toml")).unwrap();
+    assert!(written.contains("force_reduce = true"), "the run's configuration keeps the switch: {written}");
     let mpi = tmp.path().join("mpi-forced");
     let out = run_ok(train_cmd(1, &mpi, &sets("mpi", true), &[]));
     assert!(out.contains("more staged the MPI backend's reductions through the host"), "the forced MPI run reduced nothing: {out}");
