@@ -12,8 +12,9 @@
 //!   (adversarial losses), `regularize` (penalties and parameter regularisers), `optim` (Adam,
 //!   SGD, clipping), `health` (gradient-health detector), `device` (the device a rank computes
 //!   on), `cpus` (the affinity mask and threads per rank), `checkpoint` (the on-disk format),
-//!   `samples` (grids and IDX files); `collectives` (all-reduce and broadcast over MPI, NCCL or
-//!   one process; the backend choice).
+//!   `samples` (grids and IDX files), `run_lock` (one job per run directory); `collectives`
+//!   (all-reduce and broadcast over MPI, NCCL or one process; the backend choice; launchers
+//!   that started copies MPI did not join).
 //! - `sink`: the one interface of every reader of a run, and the typed records they get;
 //!   `eval` (sample quality: classifier FID, coverage) reports to it.
 //! - the readers: `scalar_log` (metrics.jsonl: its file and keys), `metrics` (Prometheus
@@ -43,6 +44,7 @@ pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod regularize;
+pub mod run_lock;
 pub mod samples;
 pub mod scalar_log;
 pub mod seeds;

@@ -487,9 +487,9 @@ impl Trainer {
         Ok(feature_matching::loss(&both.narrow(0, 0, f), &both.narrow(0, f, f), &fake_mean))
     }
 
-    /// The one all-reduce of an update: [gradient | non-finite flag | values], summed over
-    /// ranks and divided by the world size. It may return before the sum is done (NCCL):
-    /// everything that uses its parts is queued after it.
+    /// The one all-reduce of an update: [gradient | non-finite flag | values], averaged over
+    /// ranks (skipped with one rank unless `dist.force_reduce`). It may return before the mean
+    /// is done (NCCL): everything that uses its parts is queued after it.
     fn reduce(&mut self, grad: Tensor, values: &[Tensor]) -> Result<Reduced> {
         let n = grad.numel() as i64;
         let nonfinite = grad.isfinite().logical_not().any().to_kind(Kind::Float).view([1]);
@@ -498,11 +498,10 @@ impl Trainer {
         let mut buf = Tensor::cat(&parts, 0);
         let world = self.comm.world_size();
         let mut allreduce_bytes = 0;
-        if world > 1 {
+        if world > 1 || self.cfg.dist.force_reduce {
             allreduce_bytes = (buf.numel() * std::mem::size_of::<f32>()) as u64;
             let started = std::time::Instant::now();
-            self.comm.all_reduce_sum(&mut buf)?;
-            let _ = buf.g_div_scalar_(world as f64);
+            self.comm.all_reduce_mean(&mut buf)?;
             self.allreduce.record(started.elapsed().as_secs_f64(), allreduce_bytes);
         }
         Ok(Reduced {
