@@ -9,7 +9,8 @@
 //! exporter), `plot` (PNG curves of the scalar log), `eval` (sample quality: classifier FID,
 //! coverage), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
 //! (the affinity mask and threads per rank), `logging` (timestamped, levelled log lines with
-//! the rank), `cli` (the command line: one module per command).
+//! the rank), `cli` (the command line: one module per command), `export` (the generator as
+//! TorchScript, ONNX and safetensors files).
 
 pub mod ablation;
 pub mod bench;
@@ -21,6 +22,7 @@ pub mod data;
 pub mod device;
 pub mod collectives;
 pub mod eval;
+pub mod export;
 pub mod fsutil;
 pub mod health;
 pub mod hostread;
