@@ -10,7 +10,7 @@
 //! coverage), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
 //! (the affinity mask and threads per rank), `logging` (timestamped, levelled log lines with
 //! the rank), `cli` (the command line: one module per command), `export` (the generator as
-//! TorchScript, ONNX and safetensors files).
+//! TorchScript, ONNX and safetensors files), `npy` (NumPy .npy noise in, arrays out).
 
 pub mod ablation;
 pub mod bench;
@@ -29,6 +29,7 @@ pub mod hostread;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod npy;
 pub mod objective;
 pub mod optim;
 pub mod plot;

@@ -26,7 +26,7 @@ pub fn write(graph: &Graph, meta: &Metadata, out: &Path) -> Result<String> {
         tch::CModule::create_by_tracing("GandistGenerator", "forward", &[z], &mut |inputs| vec![graph.forward(&inputs[0])])
     })
     .context("tracing the generator")?;
-    let dir = out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let dir = crate::fsutil::parent_dir(out);
     let name = out.file_name().context("--out names a file")?.to_string_lossy();
     let tmp = dir.join(format!(".{name}.tmp"));
     let result = (|| -> Result<()> {
