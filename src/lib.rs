@@ -10,7 +10,8 @@
 //! coverage), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
 //! (the affinity mask and threads per rank), `logging` (timestamped, levelled log lines with
 //! the rank), `cli` (the command line: one module per command), `export` (the generator as
-//! TorchScript, ONNX and safetensors files), `npy` (NumPy .npy noise in, arrays out).
+//! TorchScript, ONNX and safetensors files), `npy` (NumPy .npy noise in, arrays out),
+//! `tensorboard` (event files: scalars, images, restarts).
 
 pub mod ablation;
 pub mod bench;
@@ -37,6 +38,7 @@ pub mod regularize;
 pub mod samples;
 pub mod scalar_log;
 pub mod seeds;
+pub mod tensorboard;
 pub mod train;
 
 /// The libtorch version this build is made for (tch 0.24 checks it at build time).
