@@ -1,6 +1,6 @@
 //! gandist: stable, observable, data-parallel GAN training on MNIST.
 //!
-//! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
+//! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks: the paper's and the DCGAN family),
 //! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers),
 //! `optim` (Adam, SGD, clipping), `health` (gradient-health detector), `ablation`
 //! (`gandist ablate`), `collectives` (all-reduce and broadcast over MPI, NCCL or one process; the backend choice), `train` (the trainer and the run),

@@ -177,10 +177,10 @@ impl Trainer {
             bail!("data.batch_size = {global} is larger than the data set ({} images)", data.n);
         }
         let data = data.for_dataset(cfg.data.dataset, cfg.train.seed);
-        let channels = cfg.data.dataset.channels();
+        let shape = crate::model::ImageShape { channels: cfg.data.dataset.channels(), side: crate::model::PAPER_SIDE };
         seeds::seed_torch(cfg.train.seed, Stream::Init, 0);
-        let generator = Generator::new(&cfg.model, channels, device);
-        let critic = Critic::new(&cfg.model, channels, device);
+        let generator = Generator::new(&cfg.model, shape, device)?;
+        let critic = Critic::new(&cfg.model, shape, device)?;
         let mut nets = PerNet { critic: NetState::new(Net::Critic, &cfg, &critic.params.flat), generator: NetState::new(Net::Generator, &cfg, &generator.params.flat) };
         // The EMA is the generator's alone: its weights, and a copy of the generator on them.
         let ema_generator = cfg.ema.enabled().then(|| generator.copy());
