@@ -45,7 +45,7 @@ class GandistGenerator(nn.Module):
                     padding=layer["padding"],
                     output_padding=layer["output_padding"],
                 )
-            elif op in ("relu", "tanh", "reshape", "crop"):
+            elif op in ("relu", "tanh", "reshape", "crop", "pixel_norm"):
                 continue
             else:
                 raise ValueError(f"layer kind {op!r} is unknown to this gandist_generator.py: use the one of the gandist that wrote the file")
@@ -65,6 +65,8 @@ class GandistGenerator(nn.Module):
                 x = x.view(-1, *layer["shape"])
             elif op == "crop":
                 x = x[:, :, : layer["height"], : layer["width"]]
+            elif op == "pixel_norm":
+                x = x * torch.rsqrt(x.square().mean(dim=1, keepdim=True) + layer["eps"])
         return x
 
 

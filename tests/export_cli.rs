@@ -127,6 +127,10 @@ fn checked() -> &'static Checked {
         let o = ok_sample(&s.root, &["--noise", "z.npy", "--format", "png-dir", "--out", "pngs"]);
         printed.insert("png-dir", o);
         checks.push(serde_json::json!({"kind": "png-dir", "file": p("pngs"), "ref": p("ema.npy")}));
+        for format in ["torchscript", "onnx", "safetensors"] {
+            checks.push(serde_json::json!({"kind": format, "file": p(&format!("dcgan.{format}")), "z": p("z-dcgan.npy"), "ref": p("dcgan.npy"), "other": p("dcgan-other.npy")}));
+        }
+        export_dcgan(&s.root);
         let spec = s.root.join("checks.json");
         std::fs::write(&spec, serde_json::to_vec(&checks).unwrap()).unwrap();
         let out = Command::new(python())
@@ -138,9 +142,39 @@ fn checked() -> &'static Checked {
         let text = String::from_utf8_lossy(&out.stdout).to_string();
         assert!(out.status.success(), "check_export.py failed: {text}{}", String::from_utf8_lossy(&out.stderr));
         let list: Vec<Value> = serde_json::from_str(text.lines().last().unwrap_or("")).unwrap_or_else(|e| panic!("check_export.py: {e}: {text}"));
-        let names = ["torchscript", "onnx", "safetensors", "safetensors-raw", "png-dir"];
+        let names = ["torchscript", "onnx", "safetensors", "safetensors-raw", "png-dir", "dcgan-torchscript", "dcgan-onnx", "dcgan-safetensors"];
         Checked { printed, reports: names.into_iter().zip(list).collect() }
     })
+}
+
+/// A DCGAN generator (64 px, RGB) exported in each format through the library, beside its
+/// own output for noise z-dcgan.npy (5 x 8) and another one's (differently drawn weights).
+/// No DCGAN run can be trained on MNIST (28 px), so the generator is a freshly initialised
+/// one: its export path is the one `gandist export` takes.
+fn export_dcgan(root: &Path) {
+    use gandist::config::{Arch, ModelConfig};
+    use gandist::export::{graph, onnx, torchscript, weights, Metadata};
+    let cfg = ModelConfig { dim: 4, latent: 8, arch: Arch::Dcgan, ..Default::default() };
+    let shape = gandist::model::ImageShape { channels: 3, side: 64 };
+    let z = tch::Tensor::randn([5, 8], (tch::Kind::Float, tch::Device::Cpu));
+    let npy = |name: &str, t: &tch::Tensor| {
+        let shape: Vec<usize> = t.size().iter().map(|&d| d as usize).collect();
+        gandist::npy::write_f32(&root.join(name), &shape, &Vec::<f32>::try_from(t.flatten(0, -1)).unwrap()).unwrap();
+    };
+    npy("z-dcgan.npy", &z);
+    for (seed, out) in [(21, "dcgan.npy"), (22, "dcgan-other.npy")] {
+        tch::manual_seed(seed);
+        let g = gandist::model::Generator::new(&cfg, shape, tch::Device::Cpu).unwrap();
+        npy(out, &tch::no_grad(|| g.forward(&z)));
+        if seed == 21 {
+            let graph = graph::of(&g);
+            graph.check().unwrap();
+            let meta = Metadata::new(&graph, 0, false, "initialised".into());
+            torchscript::write(&graph, &meta, &root.join("dcgan.torchscript")).unwrap();
+            onnx::write(&graph, &meta, &root.join("dcgan.onnx")).unwrap();
+            weights::write(&graph, &meta, &root.join("dcgan.safetensors")).unwrap();
+        }
+    }
 }
 
 /// The report on `name`, which must not be an error.
@@ -314,4 +348,21 @@ fn read_npy_f32(path: &Path) -> Vec<f32> {
     let bytes = std::fs::read(path).unwrap();
     let header_len = u16::from_le_bytes([bytes[8], bytes[9]]) as usize;
     bytes[10 + header_len..].chunks_exact(4).map(|c| f32::from_le_bytes(c.try_into().unwrap())).collect()
+}
+
+/// The DCGAN family (pixel norm, 4x4 transposed convolutions, 64 px RGB) exports in every
+/// format with the same tolerances.
+#[test]
+fn dcgan_exports_give_the_generators_output() {
+    for (format, tolerance) in [("torchscript", 1e-5), ("onnx", 1e-4), ("safetensors", 1e-5)] {
+        let name = format!("dcgan-{format}");
+        let r = report(&name);
+        assert_eq!(r["shape"], serde_json::json!([5, 3, 64, 64]), "{name}: {r}");
+        let (diff, other) = (r["max_diff"].as_f64().unwrap(), r["max_diff_other"].as_f64().unwrap());
+        eprintln!("{name}: max |difference| to gandist's output {diff:e}, to another generator's {other:e}");
+        assert!(diff <= tolerance, "{name}: differs from gandist's output by {diff:e} (tolerance {tolerance:e})");
+        assert!(other > 100.0 * tolerance, "{name}: another generator's output is only {other:e} away");
+        let arch = &r["metadata"]["arch"];
+        assert_eq!(arch, "dcgan", "{name}: {r}");
+    }
 }

@@ -3,7 +3,6 @@
 //! array; `--interpolate K` walks the latent space between points (a grid and an animated GIF).
 
 use super::Weights;
-use crate::data::mnist;
 use anyhow::{bail, Result};
 use clap::ValueEnum;
 use std::path::{Path, PathBuf};
@@ -125,7 +124,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let started = Instant::now();
     let images = generate(&ck.generator, &z.to_device(device));
     let generated = started.elapsed().as_secs_f64();
-    let (side, ch) = (mnist::SIDE, ck.generator.channels as usize);
+    let (side, ch) = (ck.generator.side as usize, ck.generator.channels as usize);
     // Every format but npy writes bytes 0..255.
     let bytes = if format == Format::Npy { Vec::new() } else { crate::model::to_bytes(&images) };
     match format {

@@ -9,6 +9,7 @@
 //! into plain weights here. A test checks that running the list gives `Generator::forward`'s
 //! output bit for bit.
 
+use crate::config::Arch;
 use crate::model::Generator;
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
@@ -30,6 +31,8 @@ pub enum Layer {
     Reshape { shape: Vec<i64> },
     /// x[:, :, :height, :width]: the top-left corner of each feature map.
     Crop { height: i64, width: i64 },
+    /// Pixel norm (Karras et al. 2018): x * rsqrt(mean over channels of x^2 + eps).
+    PixelNorm { eps: f64 },
 }
 
 /// A generator as layers and weights.
@@ -45,14 +48,23 @@ pub struct Graph {
     pub image: [i64; 3],
 }
 
-/// The architecture of the paper's 28 x 28 generator (the only `model.arch` so far).
-pub const PAPER_ARCH: &str = "paper";
-
-/// The generator `g` as a graph.
+/// The generator `g` as a graph: one arm per `model.arch`.
 pub fn of(g: &Generator) -> Graph {
-    // The paper's generator (src/model/mod.rs): fc + ReLU, reshape to (4 dim, 4, 4), three
-    // stride-2 5x5 transposed convolutions with padding 2 and output padding 1, the first
-    // cropped from 8x8 to 7x7; ReLU between them, tanh at the end.
+    let layers = match g.arch {
+        Arch::Paper => paper_layers(g),
+        Arch::Dcgan => dcgan_layers(g),
+    };
+    // No normalisation rescales these generators' weights (spectral norm is the critic's):
+    // the weights are the parameters.
+    let weights = g.params.names.iter().zip(&g.params.tensors).map(|(n, t)| (n.clone(), host_copy(t))).collect();
+    let arch = serde_json::to_value(g.arch).ok().and_then(|v| v.as_str().map(String::from)).expect("an architecture serialises to its name");
+    Graph { arch, layers, weights, latent: g.latent, image: [g.channels, g.side, g.side] }
+}
+
+/// The paper's generator (src/model/mod.rs): fc + ReLU, reshape to (4 dim, 4, 4), three
+/// stride-2 5x5 transposed convolutions with padding 2 and output padding 1, the first
+/// cropped from 8x8 to 7x7; ReLU between them, tanh at the end.
+fn paper_layers(g: &Generator) -> Vec<Layer> {
     let d = g.dim;
     let deconv = |name: &str, cin: i64, cout: i64| Layer::ConvTranspose2d {
         name: name.into(),
@@ -63,7 +75,7 @@ pub fn of(g: &Generator) -> Graph {
         padding: 2,
         output_padding: 1,
     };
-    let layers = vec![
+    vec![
         Layer::Linear { name: "fc".into(), in_features: g.latent, out_features: 4 * 4 * 4 * d },
         Layer::Relu,
         Layer::Reshape { shape: vec![4 * d, 4, 4] },
@@ -74,10 +86,34 @@ pub fn of(g: &Generator) -> Graph {
         Layer::Relu,
         deconv("deconv3", d, g.channels),
         Layer::Tanh,
+    ]
+}
+
+/// The DCGAN family's generator (src/model/dcgan.rs): fc + ReLU, reshape to (w0, 4, 4), pixel
+/// norm; then per doubling a stride-2 4x4 transposed convolution with padding 1, followed by
+/// ReLU and pixel norm, or tanh after the last. Widths are read off the parameters' shapes.
+fn dcgan_layers(g: &Generator) -> Vec<Layer> {
+    let shape = |name: &str| g.params.shapes[g.params.names.iter().position(|n| n == name).unwrap_or_else(|| panic!("no {name}"))].clone();
+    let fc = shape("fc.weight");
+    let eps = crate::model::dcgan::PIXEL_NORM_EPS;
+    let mut layers = vec![
+        Layer::Linear { name: "fc".into(), in_features: fc[1], out_features: fc[0] },
+        Layer::Relu,
+        Layer::Reshape { shape: vec![fc[0] / 16, 4, 4] },
+        Layer::PixelNorm { eps },
     ];
-    // No normalisation rescales this generator's weights: they are the parameters.
-    let weights = g.params.names.iter().zip(&g.params.tensors).map(|(n, t)| (n.clone(), host_copy(t))).collect();
-    Graph { arch: PAPER_ARCH.into(), layers, weights, latent: g.latent, image: [g.channels, 28, 28] }
+    let stages = g.params.names.iter().filter(|n| n.starts_with("deconv") && n.ends_with(".weight")).count();
+    for i in 1..=stages {
+        let name = format!("deconv{i}");
+        let w = shape(&format!("{name}.weight"));
+        layers.push(Layer::ConvTranspose2d { name, in_channels: w[0], out_channels: w[1], kernel: w[2], stride: 2, padding: 1, output_padding: 0 });
+        if i < stages {
+            layers.extend([Layer::Relu, Layer::PixelNorm { eps }]);
+        } else {
+            layers.push(Layer::Tanh);
+        }
+    }
+    layers
 }
 
 /// A detached, contiguous float32 copy on the CPU.
@@ -115,6 +151,7 @@ impl Graph {
                     x.view(s.as_slice())
                 }
                 Layer::Crop { height, width } => x.narrow(2, 0, *height).narrow(3, 0, *width),
+                Layer::PixelNorm { eps } => &x * (x.square().mean_dim(1, true, x.kind()) + *eps).rsqrt(),
             };
         }
         x
@@ -149,24 +186,28 @@ impl Graph {
 mod tests {
     use super::*;
     use crate::config::ModelConfig;
+    use crate::model::ImageShape;
     use tch::Device;
 
     /// The layer list is the generator: the same output, bit for bit (the same kernels on the
-    /// same values), for grey and colour images; and its weights are named and shaped as the
-    /// layers say.
+    /// same values), for every architecture, grey and colour, every DCGAN side tested in
+    /// src/model/dcgan.rs; and its weights are named and shaped as the layers say.
     #[test]
     fn the_graph_computes_the_generators_forward() {
-        for channels in [1, 3] {
+        let cases = [(Arch::Paper, 28, 1), (Arch::Paper, 28, 3), (Arch::Dcgan, 32, 1), (Arch::Dcgan, 64, 3), (Arch::Dcgan, 128, 3)];
+        for (arch, side, channels) in cases {
             tch::manual_seed(3);
-            let g = Generator::new(&ModelConfig { dim: 4, latent: 8, ..Default::default() }, channels, Device::Cpu);
+            let cfg = ModelConfig { dim: 4, latent: 8, arch, ..Default::default() };
+            let g = Generator::new(&cfg, ImageShape { channels, side }, Device::Cpu).unwrap();
             let graph = of(&g);
             graph.check().unwrap();
+            assert_eq!(graph.arch, serde_json::to_value(arch).unwrap().as_str().unwrap());
             let z = Tensor::randn([5, 8], (Kind::Float, Device::Cpu));
             let want = tch::no_grad(|| g.forward(&z));
             let got = tch::no_grad(|| graph.forward(&z));
-            assert_eq!(got.size(), vec![5, channels, 28, 28]);
-            assert_eq!(graph.image, [channels, 28, 28]);
-            assert!(got.equal(&want), "channels {channels}: the graph differs from Generator::forward");
+            assert_eq!(got.size(), vec![5, channels, side, side]);
+            assert_eq!(graph.image, [channels, side, side]);
+            assert!(got.equal(&want), "{arch:?} {side} px, {channels} channels: the graph differs from Generator::forward");
             // The graph holds copies: later training steps do not reach an export.
             tch::no_grad(|| {
                 let _ = g.params.flat.shallow_clone().g_add_scalar_(1.0);

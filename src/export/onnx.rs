@@ -4,7 +4,8 @@
 //! (onnxruntime: `session.get_modelmeta().custom_metadata_map`).
 //!
 //! Opset 17 is the newest that every current runtime takes (onnxruntime since 1.11,
-//! TensorRT 8.6+, OpenVINO); the operators used here have not changed since opset 13.
+//! TensorRT 8.6+, OpenVINO). Operators: Gemm, Relu, Tanh, Reshape, Slice, ConvTranspose, and
+//! Mul, ReduceMean (axes as an attribute, as before opset 18), Add, Sqrt, Div for pixel norm.
 
 use super::graph::{Graph, Layer};
 use super::onnx_proto::*;
@@ -81,6 +82,21 @@ fn model(graph: &Graph, meta: &Metadata) -> Result<ModelProto> {
         let y = if i == last { OUTPUT.to_string() } else { format!("x{}", i + 1) };
         let w = |name: &str| vec![x.clone(), format!("{name}.weight"), format!("{name}.bias")];
         let n = match layer {
+            Layer::PixelNorm { eps } => {
+                // x / sqrt(mean over channels of x^2 + eps): five nodes.
+                let t = |s: &str| format!("pixel_norm{i}.{s}");
+                initializers.push(TensorProto {
+                    dims: vec![],
+                    data_type: Some(data_type::FLOAT),
+                    name: Some(t("eps")),
+                    raw_data: Some((*eps as f32).to_le_bytes().to_vec()),
+                });
+                nodes.push(node("Mul", t("square"), vec![x.clone(), x.clone()], t("x2"), vec![]));
+                nodes.push(node("ReduceMean", t("mean"), vec![t("x2")], t("ms"), vec![ints("axes", &[1]), int("keepdims", 1)]));
+                nodes.push(node("Add", t("add_eps"), vec![t("ms"), t("eps")], t("ms_eps"), vec![]));
+                nodes.push(node("Sqrt", t("sqrt"), vec![t("ms_eps")], t("rms"), vec![]));
+                node("Div", t("div"), vec![x.clone(), t("rms")], y.clone(), vec![])
+            }
             Layer::Linear { name, .. } => node("Gemm", name.clone(), w(name), y.clone(), vec![int("transB", 1)]),
             Layer::ConvTranspose2d { name, kernel, stride, padding, output_padding, .. } => node(
                 "ConvTranspose",
@@ -150,10 +166,11 @@ mod tests {
 
     /// The encoding reads back (prost) with one node per layer, chained input to output, every
     /// node input an initializer or an earlier output, and the weights' values unchanged.
+    /// (The DCGAN family's pixel norm is five nodes; tests/export_cli.rs runs that graph.)
     #[test]
     fn the_model_is_one_chained_node_per_layer() {
         tch::manual_seed(2);
-        let g = crate::model::Generator::new(&ModelConfig { dim: 2, latent: 4, ..Default::default() }, 3, tch::Device::Cpu);
+        let g = crate::model::Generator::new(&ModelConfig { dim: 2, latent: 4, ..Default::default() }, crate::model::ImageShape { channels: 3, side: 28 }, tch::Device::Cpu).unwrap();
         let graph = crate::export::graph::of(&g);
         let meta = Metadata::new(&graph, 7, true, "ck".into());
         let bytes = model(&graph, &meta).unwrap().encode_to_vec();

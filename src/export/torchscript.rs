@@ -72,7 +72,7 @@ mod tests {
     #[test]
     fn the_saved_module_loads_and_computes_the_graph() {
         tch::manual_seed(1);
-        let g = crate::model::Generator::new(&ModelConfig { dim: 2, latent: 4, ..Default::default() }, 1, tch::Device::Cpu);
+        let g = crate::model::Generator::new(&ModelConfig { dim: 2, latent: 4, ..Default::default() }, crate::model::ImageShape::MNIST, tch::Device::Cpu).unwrap();
         let graph = crate::export::graph::of(&g);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.pt");
