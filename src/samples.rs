@@ -54,6 +54,15 @@ pub fn write_grid_with_columns(path: &Path, images: &[u8], n: usize, channels: u
     crate::fsutil::write_atomic(path, &bytes).with_context(|| format!("cannot write sample grid {}", path.display()))
 }
 
+/// The PNG of a near-square grid of `n` images (n, channels, side, side), and its width and
+/// height.
+pub fn grid_png(images: &[u8], n: usize, channels: usize, side: usize) -> Result<(Vec<u8>, u32, u32)> {
+    let img = grid_image(images, n, channels, side, (n as f64).sqrt().ceil() as usize)?;
+    let mut bytes = Vec::new();
+    img.write_to(&mut std::io::Cursor::new(&mut bytes), image::ImageFormat::Png).context("encoding PNG")?;
+    Ok((bytes, img.width(), img.height()))
+}
+
 /// A grid of `n` images (n, channels, side, side) in rows of `cols`: grey or RGB.
 fn grid_image(images: &[u8], n: usize, channels: usize, side: usize, cols: usize) -> Result<image::DynamicImage> {
     if channels == 1 {

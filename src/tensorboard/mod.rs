@@ -25,6 +25,8 @@ pub const FILE_VERSION: &str = "brain.Event:2";
 /// The prefix of every event file's name (TensorBoard reads files whose name holds "tfevents").
 pub const FILE_PREFIX: &str = "events.out.tfevents.";
 const WRITER: &str = "gandist";
+/// The tag of the sample grids (the images of samples/step-N.png).
+pub const SAMPLES_TAG: &str = "samples";
 
 /// TensorFlow's masked CRC-32C (Castagnoli): the CRC rotated right by 15 bits plus a
 /// constant, so that a CRC of data that holds CRCs stays well distributed.
