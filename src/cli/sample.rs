@@ -55,8 +55,8 @@ enum Format {
     Png,
 }
 
-/// Samples per generator call: bounds the memory of large --n (50,000 samples of 28x28 are
-/// 157 MB as float32; their activations, batched, far less).
+/// Samples per generator call: bounds the memory of large --n (each batch becomes bytes, or
+/// float32 for npy, as soon as it is made).
 const BATCH: i64 = 1000;
 /// Time per GIF frame.
 const GIF_FRAME_MS: u32 = 80;
@@ -122,11 +122,16 @@ pub fn run(a: Args) -> Result<ExitCode> {
     };
     let n = z.size()[0] as usize;
     let started = Instant::now();
-    let images = generate(&ck.generator, &z.to_device(device));
+    // Each batch leaves the device as what the format writes: bytes 0..255, or float32 for npy.
+    let (mut bytes, mut floats) = (Vec::new(), Vec::new());
+    for images in generate(&ck.generator, &z.to_device(device)) {
+        match format {
+            Format::Npy => floats.extend(crate::hostread::vec_f32(&images.flatten(0, -1))?),
+            _ => bytes.extend(crate::model::to_bytes(&images)),
+        }
+    }
     let generated = started.elapsed().as_secs_f64();
     let (side, ch) = (ck.generator.side as usize, ck.generator.channels as usize);
-    // Every format but npy writes bytes 0..255.
-    let bytes = if format == Format::Npy { Vec::new() } else { crate::model::to_bytes(&images) };
     match format {
         Format::Grid | Format::Png => match columns {
             Some(k) => crate::samples::write_grid_with_columns(&a.out, &bytes, n, ch, side, k)?,
@@ -134,10 +139,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         },
         Format::PngDir => crate::samples::write_png_dir(&a.out, &bytes, n, ch, side)?,
         Format::Idx => crate::samples::write_idx_channels(&a.out, &bytes, n, ch, side)?,
-        Format::Npy => {
-            let shape: Vec<usize> = images.size().iter().map(|&d| d as usize).collect();
-            crate::npy::write_f32(&a.out, &shape, &crate::hostread::vec_f32(&images.flatten(0, -1))?)?;
-        }
+        Format::Npy => crate::npy::write_f32(&a.out, &[n, ch, side, side], &std::mem::take(&mut floats))?,
     }
     let written = started.elapsed().as_secs_f64() - generated;
     if let (Some(path), Some(k)) = (&gif, columns) {
@@ -164,14 +166,10 @@ fn round2(x: f64) -> f64 {
     (x * 100.0).round() / 100.0
 }
 
-/// The generator's output for every row of `z`, in batches of `BATCH`, on the host.
-fn generate(g: &crate::model::Generator, z: &Tensor) -> Tensor {
+/// The generator's output for the rows of `z`, a batch of `BATCH` rows at a time.
+fn generate<'a>(g: &'a crate::model::Generator, z: &'a Tensor) -> impl Iterator<Item = Tensor> + 'a {
     let n = z.size()[0];
-    let parts: Vec<Tensor> = (0..n)
-        .step_by(BATCH as usize)
-        .map(|start| tch::no_grad(|| g.forward(&z.narrow(0, start, BATCH.min(n - start)))).to_device(Device::Cpu))
-        .collect();
-    Tensor::cat(&parts, 0)
+    (0..n).step_by(BATCH as usize).map(move |start| tch::no_grad(|| g.forward(&z.narrow(0, start, BATCH.min(n - start)))))
 }
 
 /// `k` points on each walk from a row of `starts` to the same row of `ends`, walk-major:
