@@ -291,6 +291,13 @@ pub struct DistConfig {
     /// Longest wait of a rank for the others on the host (the barrier after rank 0's
     /// evaluation, samples and checkpoints, the start-up, the per-iteration stop agreement).
     pub root_work_timeout_seconds: f64,
+    /// Take the reduction path (flatten, collective, unflatten, apply) in every update even
+    /// with one rank, where it is otherwise skipped: for checking a backend on one GPU (the
+    /// GPU check runs NCCL's kernel in every update so). Same parameters either way.
+    /// Left out of the written configuration when false, so that configurations from before
+    /// the key hash as they did (`trajectory_hash`) and their checkpoints resume.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub force_reduce: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -431,7 +438,7 @@ impl Default for TrainConfig {
 
 impl Default for DistConfig {
     fn default() -> Self {
-        DistConfig { backend: Backend::Auto, timeout_seconds: 300.0, root_work_timeout_seconds: 1800.0 }
+        DistConfig { backend: Backend::Auto, timeout_seconds: 300.0, root_work_timeout_seconds: 1800.0, force_reduce: false }
     }
 }
 

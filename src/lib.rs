@@ -3,11 +3,11 @@
 //! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks: the paper's and the DCGAN family),
 //! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers),
 //! `optim` (Adam, SGD, clipping), `health` (gradient-health detector), `ablation`
-//! (`gandist ablate`), `collectives` (all-reduce and broadcast over MPI, NCCL or one process; the backend choice), `train` (the trainer and the run),
+//! (`gandist ablate`), `collectives` (all-reduce and broadcast over MPI, NCCL or one process; the backend choice; launchers that started copies MPI did not join), `train` (the trainer and the run),
 //! `checkpoint` (the on-disk format), `samples`, `scalar_log` (metrics.jsonl: its schema and
 //! file), `seeds` (every random stream), `bench`, `metrics` (Prometheus registry and
 //! exporter), `plot` (PNG curves of the scalar log), `eval` (sample quality: classifier FID,
-//! coverage), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
+//! coverage), `run_lock` (one job per run directory), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
 //! (the affinity mask and threads per rank), `logging` (timestamped, levelled log lines with
 //! the rank), `cli` (the command line: one module per command), `export` (the generator as
 //! TorchScript, ONNX and safetensors files), `npy` (NumPy .npy noise in, arrays out),
@@ -35,6 +35,7 @@ pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod regularize;
+pub mod run_lock;
 pub mod samples;
 pub mod scalar_log;
 pub mod seeds;

@@ -411,11 +411,10 @@ impl Trainer {
         let mut buf = Tensor::cat(&parts, 0);
         let world = self.comm.world_size();
         let mut allreduce_bytes = 0;
-        if world > 1 {
+        if world > 1 || self.cfg.dist.force_reduce {
             allreduce_bytes = (buf.numel() * std::mem::size_of::<f32>()) as u64;
             let started = std::time::Instant::now();
-            self.comm.all_reduce_sum(&mut buf)?;
-            let _ = buf.g_div_scalar_(world as f64);
+            self.comm.all_reduce_mean(&mut buf)?;
             self.allreduce.record(started.elapsed().as_secs_f64(), allreduce_bytes);
         }
         Ok(Reduced {
