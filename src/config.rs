@@ -22,6 +22,25 @@ pub struct Config {
     pub health: HealthConfig,
     pub faults: FaultConfig,
     pub eval: EvalConfig,
+    /// Left out of the written configuration at its default, so that configurations from
+    /// before it hash as they did.
+    #[serde(skip_serializing_if = "LogConfig::is_default")]
+    pub log: LogConfig,
+}
+
+/// Where a run's logs go besides metrics.jsonl (which is always written).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// TensorBoard event files in the run directory (`tensorboard --logdir RUN_DIR`): every
+    /// logged scalar, the sample grids, per-layer gradient norms; rank 0 writes them.
+    pub tensorboard: bool,
+}
+
+impl LogConfig {
+    pub fn is_default(&self) -> bool {
+        *self == LogConfig::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -558,6 +577,7 @@ impl Config {
         c.health = HealthConfig::default();
         c.ema.use_for_samples = true;
         c.eval = EvalConfig::default();
+        c.log = LogConfig::default();
         hex::encode(Sha256::digest(c.to_toml().as_bytes()))
     }
 }
@@ -736,6 +756,7 @@ mod tests {
         b.train.iterations += 10;
         b.train.device = "cpu".into();
         b.eval.every = 7;
+        b.log.tensorboard = true;
         assert_eq!(a.trajectory_hash(), b.trajectory_hash());
         b.optim.lr_d *= 2.0;
         assert_ne!(a.trajectory_hash(), b.trajectory_hash());

@@ -9,7 +9,9 @@
 //! exporter), `plot` (PNG curves of the scalar log), `eval` (sample quality: classifier FID,
 //! coverage), `run_lock` (one job per run directory), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
 //! (the affinity mask and threads per rank), `logging` (timestamped, levelled log lines with
-//! the rank), `cli` (the command line: one module per command).
+//! the rank), `cli` (the command line: one module per command), `export` (the generator as
+//! TorchScript, ONNX and safetensors files), `npy` (NumPy .npy noise in, arrays out),
+//! `tensorboard` (event files: scalars, images, restarts).
 
 pub mod ablation;
 pub mod bench;
@@ -21,12 +23,14 @@ pub mod data;
 pub mod device;
 pub mod collectives;
 pub mod eval;
+pub mod export;
 pub mod fsutil;
 pub mod health;
 pub mod hostread;
 pub mod logging;
 pub mod metrics;
 pub mod model;
+pub mod npy;
 pub mod objective;
 pub mod optim;
 pub mod plot;
@@ -35,6 +39,7 @@ pub mod run_lock;
 pub mod samples;
 pub mod scalar_log;
 pub mod seeds;
+pub mod tensorboard;
 pub mod train;
 
 /// The libtorch version this build is made for (tch 0.24 checks it at build time).

@@ -1,8 +1,8 @@
 //! Every pair of the switches that change a training step, as tiny CPU runs: an all-pairs
 //! covering (tests/pairwise) of loss kind, penalty kind and laziness, label smoothing, norm
 //! and value clipping, feature matching, historical averaging, L2, weight clipping, spectral
-//! norm, EMA, TTUR, optimizer, data set, the forced reduction at world size 1 and world size
-//! (2 = real mpirun). Each row trains 4
+//! norm, EMA, TTUR, optimizer, data set, TensorBoard, the forced reduction at world size 1 and
+//! world size (2 = real mpirun). Each row trains 4
 //! iterations with a checkpoint at 2 and 4, and must end with finite parameters and no skipped
 //! update; resumed from step 2 it must reach the same state at step 4, bit for bit; and
 //! `sample` and `eval` must work on its checkpoint. The rows are printed before they run.
@@ -64,6 +64,7 @@ const FACTORS: &[Factor] = &[
     Factor { name: "ttur", levels: &[OFF, ("on", &["optim.lr_d=4e-4", "optim.lr_g=1e-4"])] },
     Factor { name: "optim", levels: &[("adam", &[]), ("sgd", &["optim.kind=sgd"])] },
     Factor { name: "data", levels: &[("mnist", &[]), ("stacked", &["data.dataset=\"stacked-mnist\""])] },
+    Factor { name: "tensorboard", levels: &[OFF, ("on", &["log.tensorboard=true"])] },
     Factor { name: "force-reduce", levels: &[OFF, ("on", &["dist.force_reduce=true"])] },
     Factor { name: "ranks", levels: &[("1", &[]), ("2", &[])] },
 ];
@@ -141,6 +142,9 @@ fn check_row(row: &[usize], dir: &Path, classifier: &Path) {
     for k in ["d_loss", "g_loss"] {
         assert!(last[k].as_f64().is_some_and(f64::is_finite), "{what}: {k} in {last:?}");
     }
+    // TensorBoard: one event file, rank 0's, when on.
+    let event_files = std::fs::read_dir(&straight).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("tfevents")).count();
+    assert_eq!(event_files, what.contains("tensorboard=on") as usize, "{what}: event files");
 
     // Resumed from step 2, the run reaches the same state at step 4.
     let resumed = dir.join("resumed");

@@ -6,6 +6,7 @@ mod bench;
 mod classifier;
 mod data;
 mod eval;
+mod export;
 mod plot;
 mod sample;
 mod selftest;
@@ -28,6 +29,8 @@ enum Command {
     Train(train::Args),
     /// Generate samples from a checkpoint's generator.
     Sample(sample::Args),
+    /// Export a checkpoint's generator as TorchScript, ONNX or safetensors (docs/export.md).
+    Export(export::Args),
     /// Train every configuration in a folder for its fixed budget and write a report.
     Ablate(ablate::Args),
     /// Write PNG plots of a run's losses and gradient norms (from its metrics.jsonl) into RUN_DIR/plots.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Export(a) => export::run(a),
         Command::Ablate(a) => ablate::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Eval(a) => eval::run(a),

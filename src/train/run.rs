@@ -41,6 +41,8 @@ pub struct Run<'a> {
     evaluator: Option<Evaluator>,
     /// Rank 0's scalar log.
     log: Option<ScalarLog>,
+    /// Rank 0's TensorBoard event file, with `[log] tensorboard`.
+    tensorboard: Option<crate::tensorboard::EventWriter>,
     stop: StopSignal,
     fixed_noise: Tensor,
     progress: Option<Progress>,
@@ -226,6 +228,12 @@ impl<'a> Run<'a> {
             }
             false => None,
         };
+        // A resumed run starts at its checkpoint's step: what an earlier process wrote after
+        // it is orphaned, and TensorBoard drops it at this file's START.
+        let tensorboard = match is_root && cfg.log.tensorboard {
+            true => Some(crate::tensorboard::EventWriter::create(&opts.run_dir, trainer.counters.step + 1)?),
+            false => None,
+        };
         let stop = StopSignal::install(std::time::Duration::from_secs_f64(cfg.train.stop_grace_seconds))?;
         let fixed_noise = trainer.fixed_noise(64);
         let step = trainer.counters.step;
@@ -236,6 +244,7 @@ impl<'a> Run<'a> {
             monitor,
             evaluator,
             log,
+            tensorboard,
             stop,
             fixed_noise,
             progress,
@@ -304,6 +313,7 @@ impl<'a> Run<'a> {
             // Every rank saw the same skips (the flag is reduced) at the same sync, so all
             // roll back together.
             self.roll_back(streak)?;
+            self.flush_tensorboard()?;
             return Ok(true);
         }
         self.show_step();
@@ -325,7 +335,12 @@ impl<'a> Run<'a> {
         if self.is_root && due.root_work() {
             self.trainer.faults.stall_root_work();
         }
+        self.flush_tensorboard()?;
         Ok(false)
+    }
+
+    fn flush_tensorboard(&mut self) -> Result<()> {
+        self.tensorboard.as_mut().map_or(Ok(()), |tb| tb.flush())
     }
 
     fn show_step(&self) {
@@ -351,20 +366,28 @@ impl<'a> Run<'a> {
         if let Some(log) = self.log.as_mut() {
             log.write(&record)?;
         }
+        if let Some(tb) = self.tensorboard.as_mut() {
+            tb.scalars(step, &crate::tensorboard::record_scalars(&record))?;
+        }
         if let Some(p) = &self.progress {
             p.report(report::progress_line(&record, self.last_gp));
         }
         Ok(())
     }
 
-    fn write_samples(&self) -> Result<()> {
+    fn write_samples(&mut self) -> Result<()> {
         let t = &self.trainer;
         let bytes = t.sample_bytes(&self.fixed_noise);
         let n = self.fixed_noise.size()[0] as usize;
         let (side, ch) = (crate::data::mnist::SIDE, t.sampling_generator().channels as usize);
         let dir = self.opts.run_dir.join("samples");
         crate::samples::write_grid(&dir.join(format!("step-{:09}.png", t.counters.step)), &bytes, n, ch, side)?;
-        crate::samples::write_grid(&dir.join("latest.png"), &bytes, n, ch, side)
+        crate::samples::write_grid(&dir.join("latest.png"), &bytes, n, ch, side)?;
+        if let Some(tb) = self.tensorboard.as_mut() {
+            let (png, width, height) = crate::samples::grid_png(&bytes, n, ch, side)?;
+            tb.image(crate::tensorboard::SAMPLES_TAG, t.counters.step, &png, width, height, ch as u32)?;
+        }
+        Ok(())
     }
 
     /// Checks that the ranks agree, then rank 0 writes the trainer's snapshot (unless it holds
@@ -405,6 +428,10 @@ impl<'a> Run<'a> {
             );
         };
         t.restore(&snapshot, Restore::Rollback)?;
+        if let Some(tb) = self.tensorboard.as_mut() {
+            // The steps after the checkpoint are trained again: their first curves are orphaned.
+            tb.restart(snapshot.counters.step + 1)?;
+        }
         let scale = snapshot.counters.lr_scale * self.cfg.train.rollback_lr_scale;
         t.set_lr_scale(scale);
         if self.is_root {
@@ -423,6 +450,9 @@ impl<'a> Run<'a> {
     pub fn finish(self, outcome: Outcome) -> Result<Outcome> {
         if let Some(p) = self.progress {
             p.finish();
+        }
+        if let Some(mut tb) = self.tensorboard {
+            tb.flush()?;
         }
         let t = &self.trainer;
         if self.is_root && outcome == Outcome::Finished {
