@@ -1,10 +1,20 @@
-//! Sample quality: a classifier-feature Frechet distance (FID computed on the penultimate
-//! layer of gandist's own MNIST classifier, not Inception: not comparable with published
+//! Sample quality. The quick one for MNIST: a classifier-feature Frechet distance (FID on the
+//! penultimate layer of gandist's own MNIST classifier, not comparable with published
 //! Inception FIDs), class histogram, classes covered, KL to uniform and confidence, and the
-//! stacked-MNIST mode count of the mode-collapse literature.
+//! stacked-MNIST mode count of the mode-collapse literature. The ones papers report, for any
+//! images: Inception FID as pytorch-fid computes it (`inception`, `features`, `frechet`,
+//! `stats_file`, `image_folder`, `torch_file`), KID as torch-fidelity computes it (`kid`),
+//! and precision/recall (`precision_recall`), with cached reference statistics (`reference`).
 
 pub mod classifier;
+pub mod features;
 pub mod frechet;
+pub mod image_folder;
+pub mod inception;
+pub mod kid;
+pub mod precision_recall;
+pub mod stats_file;
+pub mod torch_file;
 
 use crate::data::mnist::SIDE;
 use crate::model::Generator;
