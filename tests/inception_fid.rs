@@ -10,6 +10,7 @@
 
 mod common;
 use common::*;
+use gandist::eval::frechet::{pytorch_fid_distance, Gaussian};
 use gandist::eval::{features, image_folder, inception::FidInception};
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Write};
@@ -130,7 +131,19 @@ fn inception_fid_matches_pytorch_fid() {
     let jd = (&ours - &jpeg).abs();
     let (worst, differing) = (jd.max().int64_value(&[]), jd.gt(0).sum(Kind::Int64).int64_value(&[]));
     eprintln!("JPEG decode vs PIL: largest pixel difference {worst}, {differing} of {} values differ", jd.numel());
-    assert!(worst <= 2, "JPEG decoders differ by up to {worst} levels");
+    // zune-jpeg and libjpeg-turbo round their transforms and chroma upsampling differently.
+    // Measured here: up to 3 levels, on about a quarter of the values (4:2:0 files of quality 90).
+    assert!(worst <= 4, "JPEG decoders differ by up to {worst} levels");
+    // What that does to the FID: the JPEG folder's FID to the grey folder from gandist's
+    // features against that from pytorch-fid's features of the same files.
+    let fj = features_of(&net, &s("dir_jpeg"));
+    let want_j = Tensor::read_npy(dir.path().join("features_jpeg.npy")).unwrap();
+    let gb = Gaussian::of_features(&fb).unwrap();
+    let fid_ours = pytorch_fid_distance(&Gaussian::of_features(&fj).unwrap(), &gb).unwrap();
+    let fid_pil = pytorch_fid_distance(&Gaussian::of_features(&want_j).unwrap(), &gb).unwrap();
+    let jrel = (fid_ours - fid_pil).abs() / fid_pil;
+    eprintln!("JPEG folder: FID {fid_ours} from gandist's decode, {fid_pil} from PIL's: relative difference {jrel:e}");
+    assert!(jrel <= 1e-2, "JPEG decoding moves the FID by {jrel} relative");
 
     // Bad weight files are named.
     let bad = dir.path().join("truncated.pth");

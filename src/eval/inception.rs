@@ -274,6 +274,8 @@ pub struct FidInception {
     device: Device,
     /// Whether the weights are the published file (by SHA-256), or others (random, re-saved).
     pub published: bool,
+    /// SHA-256 of the weight file ("" for random weights): keys the reference cache.
+    pub sha256: String,
     /// Where the weights came from, for reports.
     pub origin: String,
 }
@@ -300,7 +302,7 @@ impl FidInception {
             Block::e(src, "Mixed_7b", 1280, false),
             Block::e(src, "Mixed_7c", 2048, true),
         ];
-        FidInception { stem, blocks, device: Device::Cpu, published: false, origin: String::new() }
+        FidInception { stem, blocks, device: Device::Cpu, published: false, sha256: String::new(), origin: String::new() }
     }
 
     /// Random weights from libtorch's generator (seed it first), for speed measurements and
@@ -324,7 +326,8 @@ impl FidInception {
         }
         let mut net = FidInception::from_state_dict(torch_file::load_state_dict(path)?)
             .with_context(|| format!("{} is not pytorch-fid's FID Inception state dict", path.display()))?;
-        net.published = sha256_file(path)? == WEIGHTS_SHA256;
+        net.sha256 = sha256_file(path)?;
+        net.published = net.sha256 == WEIGHTS_SHA256;
         net.origin = format!("{}{}", path.display(), if net.published { " (the published pytorch-fid weights)" } else { "" });
         net.to(device);
         Ok(net)

@@ -4,13 +4,14 @@
 //! stacked-MNIST mode count of the mode-collapse literature. The ones papers report, for any
 //! images: Inception FID as pytorch-fid computes it (`inception`, `features`, `frechet`,
 //! `stats_file`, `image_folder`, `torch_file`), KID as torch-fidelity computes it (`kid`),
-//! and precision/recall (`precision_recall`), with cached reference statistics (`reference`).
+//! and precision/recall (`precision_recall`), with reference features cached by data set (`inception_metrics`).
 
 pub mod classifier;
 pub mod features;
 pub mod frechet;
 pub mod image_folder;
 pub mod inception;
+pub mod inception_metrics;
 pub mod kid;
 pub mod precision_recall;
 pub mod stats_file;

@@ -103,7 +103,7 @@ def files(d):
 
 t1 = time.time()
 act = {}
-for name, d in (("a", dir_a), ("b", dir_b)):
+for name, d in (("a", dir_a), ("b", dir_b), ("jpeg", dir_j)):
     act[name] = fid_score.get_activations(files(d), model, batch_size=50, dims=2048, device="cpu", num_workers=0)
     np.save(os.path.join(out, f"features_{name}.npy"), act[name].astype(np.float32))
 t2 = time.time()
