@@ -99,6 +99,16 @@ impl Reference {
     }
 }
 
+/// The MNIST training images the reference is taken from: the first `n` (0 = all 60,000),
+/// through the cache.
+pub fn mnist_reference(net: &FidInception, data_dir: &Path, n: usize, batch: usize) -> Result<Reference> {
+    let mut m = crate::data::mnist::Mnist::load(data_dir, crate::data::mnist::Split::Train)?;
+    m.truncate(n);
+    let side = crate::data::mnist::SIDE as i64;
+    let images = Tensor::from_slice(&m.images).view([m.n as i64, 1, side, side]);
+    Reference::cached(net, &images, &format!("the MNIST training set in {}", data_dir.display()), batch)
+}
+
 /// `$GANDIST_CACHE/inception-reference`, GANDIST_CACHE defaulting to $XDG_CACHE_HOME/gandist,
 /// then ~/.cache/gandist.
 pub fn cache_dir() -> PathBuf {

@@ -225,6 +225,43 @@ impl Evaluator {
     }
 }
 
+/// What a run evaluates with during training, per `[eval] metric`.
+pub enum RunEvaluator {
+    Classifier(Evaluator),
+    Inception(inception_metrics::InceptionEvaluator),
+}
+
+impl RunEvaluator {
+    /// The classifier, or the Inception network and the training images' reference features
+    /// (computed once per data set and weight file, then read from the cache).
+    pub fn load(cfg: &crate::config::EvalConfig, data_dir: &Path, device: Device) -> Result<RunEvaluator> {
+        use inception_metrics::{InceptionEvaluator, Metric};
+        let metric = match cfg.metric.as_str() {
+            "classifier-fid" => {
+                let path = classifier::resolve_path((!cfg.classifier.is_empty()).then(|| Path::new(&cfg.classifier)), data_dir);
+                return Ok(RunEvaluator::Classifier(Evaluator::load(&path, device).context("eval.metric = \"classifier-fid\" needs the MNIST classifier")?));
+            }
+            "inception-fid" => Metric::InceptionFid,
+            "kid" => Metric::Kid,
+            other => bail!("eval.metric = {other:?}: expected one of {:?}", crate::config::EVAL_METRICS),
+        };
+        let weights = inception::resolve_weights(None, &cfg.inception_weights)
+            .with_context(|| format!("eval.metric = {:?} needs pytorch-fid's Inception weights", cfg.metric))?;
+        let net = inception::FidInception::load(&weights, device)?;
+        let reference = inception_metrics::mnist_reference(&net, data_dir, cfg.reference_n, features::BATCH)?;
+        tracing::info!("eval: {} against {}", metric.name(), reference.label);
+        Ok(RunEvaluator::Inception(InceptionEvaluator::new(net, reference, vec![metric], features::BATCH)?))
+    }
+
+    /// Scores of generated images in [-1, 1], as flat key/value pairs.
+    pub fn evaluate(&self, images: &Tensor) -> Result<Map<String, Value>> {
+        match self {
+            RunEvaluator::Classifier(e) => Ok(e.evaluate(images)?.to_json()),
+            RunEvaluator::Inception(e) => e.evaluate(images),
+        }
+    }
+}
+
 impl Report {
     /// Flat key/value pairs for the scalar log and the JSON line.
     pub fn to_json(&self) -> Map<String, Value> {
