@@ -190,8 +190,13 @@ impl Evaluator {
 
     /// Evaluates images (n, 1 or 3, 28, 28) in [-1, 1]. With 3 channels each channel is
     /// classified as a digit: the digit metrics and the FID use all 3n channel images, and
-    /// the stacked-MNIST mode metrics use the triples.
+    /// the stacked-MNIST mode metrics use the triples. A classifier trained on another
+    /// labelled set (`Classifier::train_on`) takes images of its own shape.
     pub fn evaluate(&self, images: &Tensor) -> Result<Report> {
+        let shape = self.classifier.shape;
+        if shape != classifier::Shape::MNIST {
+            return self.evaluate_domain(images, shape);
+        }
         let size = images.size();
         if size.len() != 4 || size[2] != SIDE as i64 || size[3] != SIDE as i64 {
             bail!("samples have shape {size:?}: expected (n, channels, {SIDE}, {SIDE})");
@@ -221,6 +226,32 @@ impl Evaluator {
             confidence: crate::hostread::scalar(&top.mean(Kind::Double)),
             histogram: hist,
             stacked,
+        })
+    }
+
+    /// Images of a domain classifier's shape: the same scores over its classes (a class is
+    /// covered with a tenth of the uniform share, as for MNIST's 10).
+    fn evaluate_domain(&self, images: &Tensor, shape: classifier::Shape) -> Result<Report> {
+        let size = images.size();
+        let want = [shape.channels, shape.height, shape.width];
+        if size.len() != 4 || size[1..] != want {
+            bail!("samples have shape {size:?}: the classifier takes (n, {}, {}, {})", want[0], want[1], want[2]);
+        }
+        if size[0] < 2 {
+            bail!("{} sample(s): the Frechet distance needs at least 2", size[0]);
+        }
+        let out = self.classifier.outputs(images);
+        let fid = frechet::frechet_distance(&Gaussian::of_features(&out.features)?, &self.reference)?;
+        let (top, labels) = out.probs.max_dim(-1, false);
+        let hist = histogram(&crate::hostread::vec_i64(&labels)?, shape.classes as usize);
+        Ok(Report {
+            n: size[0] as usize,
+            fid,
+            classes_covered: covered(&hist, 0.1 / shape.classes as f64),
+            kl_uniform: kl_to_uniform(&hist),
+            confidence: crate::hostread::scalar(&top.mean(Kind::Double)),
+            histogram: hist,
+            stacked: None,
         })
     }
 }
@@ -285,7 +316,8 @@ impl Report {
         let mut s = String::new();
         s.push_str(&format!("samples              {}\n", self.n));
         s.push_str(&format!("classifier FID       {:.4}\n", self.fid));
-        s.push_str(&format!("classes covered      {} of 10 (>= {:.0}% of samples each)\n", self.classes_covered, COVERAGE_SHARE * 100.0));
+        let k = self.histogram.len();
+        s.push_str(&format!("classes covered      {} of {k} (>= {}% of samples each)\n", self.classes_covered, 10.0 / k as f64));
         s.push_str(&format!("KL(classes||uniform) {:.4} nats\n", self.kl_uniform));
         s.push_str(&format!("mean confidence      {:.4}\n", self.confidence));
         if let Some(st) = &self.stacked {
