@@ -145,6 +145,28 @@ fn inception_fid_matches_pytorch_fid() {
     eprintln!("JPEG folder: FID {fid_ours} from gandist's decode, {fid_pil} from PIL's: relative difference {jrel:e}");
     assert!(jrel <= 1e-2, "JPEG decoding moves the FID by {jrel} relative");
 
+    // `gandist eval --samples` scores generated-range images as `gandist fid` scores the PNGs
+    // they would be saved as: the same FID, to the last digit.
+    let (n, side) = (6usize, 28usize);
+    let bytes: Vec<u8> = (0..n * side * side).map(|i| ((i * 37 + (i / side) * 11 + (i / (side * side)) * 50) % 256) as u8).collect();
+    let idx = dir.path().join("samples.idx");
+    gandist::samples::write_idx(&idx, &bytes, n, side).unwrap();
+    let pngs = dir.path().join("samples-png");
+    std::fs::create_dir(&pngs).unwrap();
+    for (i, img) in bytes.chunks(side * side).enumerate() {
+        image::GrayImage::from_raw(side as u32, side as u32, img.to_vec()).unwrap().save(pngs.join(format!("{i}.png"))).unwrap();
+    }
+    let by_fid = last_json(&ok(&["fid", pngs.to_str().unwrap(), b, "--inception-weights", z]));
+    let by_eval = last_json(&ok(&[
+        "eval", "--samples", idx.to_str().unwrap(), "--metric", "inception-fid,kid,precision-recall", "--reference", b, "--inception-weights", z,
+    ]));
+    assert_eq!(by_eval["inception_fid"], by_fid["inception_fid"], "eval {by_eval:?} vs fid {by_fid:?}");
+    for k in ["kid", "kid_std", "precision", "recall"] {
+        assert!(by_eval[k].as_f64().is_some_and(f64::is_finite), "{k} in {by_eval:?}");
+    }
+    assert_eq!(by_eval["kid_subset_size"], 6);
+    fails(&["eval", "--samples", idx.to_str().unwrap(), "--metric", "kid", "--reference", stats_a.to_str().unwrap(), "--inception-weights", z], &["kid needs the reference images' features"]);
+
     // Bad weight files are named.
     let bad = dir.path().join("truncated.pth");
     std::fs::write(&bad, &std::fs::read(&legacy).unwrap()[..100_000]).unwrap();

@@ -62,46 +62,60 @@ pub fn to_tensor(bytes: &[u8], n: usize, h: u32, w: u32) -> Tensor {
     Tensor::from_slice(bytes)
         .view([n as i64, h as i64, w as i64, 3])
         .permute([0, 3, 1, 2])
+        // ToTensor's `.permute((2, 0, 1)).contiguous()`: a permuted (channels-last) layout
+        // would let libtorch pick other convolution kernels.
+        .contiguous()
         .to_kind(Kind::Float)
         / 255.0
 }
 
-/// Consecutive runs of at most `batch` images of one size, decoded on a background thread
-/// while the caller works on the previous run.
+/// Consecutive runs of at most `batch` images of one size, decoded on background threads
+/// (a batch's files in parallel, so that decoding keeps up with a GPU) while the caller works
+/// on the previous run.
 pub struct Batches {
     rx: std::sync::mpsc::Receiver<Result<Tensor>>,
     _worker: std::thread::JoinHandle<()>,
 }
 
+/// Decodes `files` in order, on up to `threads` threads.
+fn decode_all(files: &[PathBuf], threads: usize) -> Vec<Result<(u32, u32, Vec<u8>)>> {
+    let per = files.len().div_ceil(threads.max(1)).max(1);
+    std::thread::scope(|s| {
+        let parts: Vec<_> = files.chunks(per).map(|c| s.spawn(move || c.iter().map(|f| read_rgb(f)).collect::<Vec<_>>())).collect();
+        parts.into_iter().flat_map(|h| h.join().expect("an image decoder thread panicked")).collect()
+    })
+}
+
 impl Batches {
     pub fn new(files: Vec<PathBuf>, batch: usize) -> Batches {
         let (tx, rx) = std::sync::mpsc::sync_channel(1);
+        let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8);
         let worker = std::thread::spawn(move || {
             let mut run: Vec<u8> = Vec::new();
             let (mut n, mut size) = (0usize, (0u32, 0u32));
-            let flush = |run: &mut Vec<u8>, n: &mut usize, size: (u32, u32)| -> Result<Tensor> {
-                let t = to_tensor(run, *n, size.0, size.1);
-                run.clear();
-                *n = 0;
-                Ok(t)
-            };
-            for f in files {
-                let (h, w, bytes) = match read_rgb(&f) {
-                    Ok(x) => x,
-                    Err(e) => {
-                        let _ = tx.send(Err(e));
-                        return;
+            for group in files.chunks(batch.max(1)) {
+                for decoded in decode_all(group, threads) {
+                    let (h, w, bytes) = match decoded {
+                        Ok(x) => x,
+                        Err(e) => {
+                            let _ = tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    if n > 0 && ((h, w) != size || n == batch) {
+                        if tx.send(Ok(to_tensor(&run, n, size.0, size.1))).is_err() {
+                            return;
+                        }
+                        run.clear();
+                        n = 0;
                     }
-                };
-                if n > 0 && ((h, w) != size || n == batch) && tx.send(flush(&mut run, &mut n, size)).is_err() {
-                    return;
+                    size = (h, w);
+                    run.extend_from_slice(&bytes);
+                    n += 1;
                 }
-                size = (h, w);
-                run.extend_from_slice(&bytes);
-                n += 1;
             }
             if n > 0 {
-                let _ = tx.send(flush(&mut run, &mut n, size));
+                let _ = tx.send(Ok(to_tensor(&run, n, size.0, size.1)));
             }
         });
         Batches { rx, _worker: worker }
