@@ -35,6 +35,29 @@ pub struct ModelConfig {
     pub spectral_norm: bool,
     /// Power-iteration steps per update for spectral normalisation.
     pub sn_power_iterations: u32,
+    /// The networks: the paper's 28 x 28 ones, or the DCGAN family that scales with
+    /// data.resolution and data.channels. Left out of the written configuration when it is
+    /// the paper's, so that configurations from before this key hash as they did.
+    #[serde(skip_serializing_if = "Arch::is_paper")]
+    pub arch: Arch,
+}
+
+/// The generator's and critic's architecture (`crate::model`).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "kebab-case")]
+pub enum Arch {
+    /// The WGAN-GP paper's MNIST networks: 28 x 28 images of any channel count.
+    #[default]
+    Paper,
+    /// DCGAN-style networks without batch statistics, for sides 16 to 256 (powers of two) and
+    /// 1 or 3 channels (`crate::model::dcgan`).
+    Dcgan,
+}
+
+impl Arch {
+    pub fn is_paper(&self) -> bool {
+        *self == Arch::Paper
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -249,6 +272,13 @@ pub struct DistConfig {
     /// Longest wait of a rank for the others on the host (the barrier after rank 0's
     /// evaluation, samples and checkpoints, the start-up, the per-iteration stop agreement).
     pub root_work_timeout_seconds: f64,
+    /// Take the reduction path (flatten, collective, unflatten, apply) in every update even
+    /// with one rank, where it is otherwise skipped: for checking a backend on one GPU (the
+    /// GPU check runs NCCL's kernel in every update so). Same parameters either way.
+    /// Left out of the written configuration when false, so that configurations from before
+    /// the key hash as they did (`trajectory_hash`) and their checkpoints resume.
+    #[serde(skip_serializing_if = "std::ops::Not::not")]
+    pub force_reduce: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -343,7 +373,7 @@ impl Default for HealthConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dim: 64, latent: 128, spectral_norm: false, sn_power_iterations: 1 }
+        ModelConfig { dim: 64, latent: 128, spectral_norm: false, sn_power_iterations: 1, arch: Arch::Paper }
     }
 }
 
@@ -401,7 +431,7 @@ impl Default for TrainConfig {
 
 impl Default for DistConfig {
     fn default() -> Self {
-        DistConfig { backend: Backend::Auto, timeout_seconds: 300.0, root_work_timeout_seconds: 1800.0 }
+        DistConfig { backend: Backend::Auto, timeout_seconds: 300.0, root_work_timeout_seconds: 1800.0, force_reduce: false }
     }
 }
 
@@ -624,6 +654,27 @@ mod tests {
         assert_eq!(Config::default().data.dataset.channels(), 1);
         let e = err("", &["data.dataset=cifar"]);
         assert!(e.contains("cifar") && e.contains("stacked-mnist"), "{e}");
+    }
+
+    #[test]
+    fn architecture_choice() {
+        assert_eq!(Config::default().model.arch, Arch::Paper);
+        let c = Config::from_toml_str("", &["model.arch=dcgan".to_string()]).unwrap();
+        assert_eq!(c.model.arch, Arch::Dcgan);
+        assert!(c.to_toml().contains("arch = \"dcgan\""));
+        let e = err("", &["model.arch=resnet"]);
+        assert!(e.contains("resnet") && e.contains("dcgan"), "{e}");
+    }
+
+    /// Keys added since (model.arch, the data keys) are left out of the hashed text at their
+    /// defaults, so that a configuration from before them hashes as it did and its checkpoints
+    /// resume: the hashes of the default and of stacked MNIST, computed by gandist before
+    /// those keys existed.
+    #[test]
+    fn configurations_from_before_new_keys_hash_as_they_did() {
+        assert_eq!(Config::default().trajectory_hash(), "56e10ab8c32f99db97e86d140feb3ecf7b7729a7a3cf1c7283925892129f61bc");
+        let stacked = Config::from_toml_str("", &["data.dataset=stacked-mnist".to_string()]).unwrap();
+        assert_eq!(stacked.trajectory_hash(), "12be5d587fffeb59450bc5f476a0d42af567fed059b8e610a1d19fda16f7cbe2");
     }
 
     #[test]

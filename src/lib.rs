@@ -1,13 +1,13 @@
 //! gandist: stable, observable, data-parallel GAN training on MNIST.
 //!
-//! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks),
+//! Module map: `config` (TOML schema), `data` (IDX, MNIST, sampler), `model` (networks: the paper's and the DCGAN family),
 //! `objective` (adversarial losses), `regularize` (penalties and parameter regularisers),
 //! `optim` (Adam, SGD, clipping), `health` (gradient-health detector), `ablation`
-//! (`gandist ablate`), `collectives` (all-reduce and broadcast over MPI, NCCL or one process; the backend choice), `train` (the trainer and the run),
+//! (`gandist ablate`), `collectives` (all-reduce and broadcast over MPI, NCCL or one process; the backend choice; launchers that started copies MPI did not join), `train` (the trainer and the run),
 //! `checkpoint` (the on-disk format), `samples`, `scalar_log` (metrics.jsonl: its schema and
 //! file), `seeds` (every random stream), `bench`, `metrics` (Prometheus registry and
 //! exporter), `plot` (PNG curves of the scalar log), `eval` (sample quality: classifier FID,
-//! coverage; Inception FID as pytorch-fid, KID as torch-fidelity, precision/recall), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
+//! coverage; Inception FID as pytorch-fid, KID as torch-fidelity, precision/recall), `run_lock` (one job per run directory), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
 //! (the affinity mask and threads per rank), `logging` (timestamped, levelled log lines with
 //! the rank), `cli` (the command line: one module per command).
 
@@ -31,6 +31,7 @@ pub mod objective;
 pub mod optim;
 pub mod plot;
 pub mod regularize;
+pub mod run_lock;
 pub mod samples;
 pub mod scalar_log;
 pub mod seeds;

@@ -367,11 +367,69 @@ fn local_ranks_come_from_mpi_and_the_collectives_self_test_passes() {
     c.arg(bin()).args(["selftest-collectives", "--device", "cpu", "--set", "dist.backend=\"mpi\""]);
     let t = run_ok(c);
     assert!(t.contains("rank 0/2 (local 0/2) on host") && t.contains("rank 1/2 (local 1/2) on host"), "{t}");
-    for rank in 0..2 {
-        for check in ["all-reduce: ok", "broadcast: ok", "agreement: ok", "abort path: ok (n/a", "no pending error: ok"] {
-            assert!(t.contains(&format!("rank {rank} selftest {check}")), "rank {rank} {check}: {t}");
-        }
+    assert_self_test_rows(&t, 2);
+    assert!(t.contains("1000003 floats on cpu summed exactly in place over 2 rank(s)"), "{t}");
+    assert!(t.contains("averaged in place over 2 rank(s), exactly"), "{t}");
+    // Three ranks: a mean whose 1/3 rounds (within the stated tolerance).
+    let mut c = mpirun(3);
+    c.args(["selftest-collectives", "--device", "cpu", "--set", "dist.backend=\"mpi\""]);
+    let t = run_ok(c);
+    assert_self_test_rows(&t, 3);
+    assert!(t.contains("averaged in place over 3 rank(s), within world-size roundings"), "{t}");
+}
+
+/// Every row of the collectives self-test passed on every rank, printed in order.
+fn assert_self_test_rows(t: &str, ranks: usize) {
+    let rows = ["all-reduce", "all-reduce out of place", "all-reduce mean", "stream order", "broadcast", "broadcast out of place", "agreement", "abort path", "no pending error"];
+    for rank in 0..ranks {
+        let mine: Vec<&str> = t.lines().filter_map(|l| l.strip_prefix(&format!("rank {rank} selftest "))).collect();
+        let names: Vec<&str> = mine.iter().map(|l| l.split(": ").next().unwrap()).collect();
+        assert_eq!(names, rows, "rank {rank}: {t}");
+        assert!(mine.iter().all(|l| l.contains(": ok (")), "rank {rank}: {t}");
     }
-    assert!(t.contains("1000003 floats on cpu summed exactly over 2 rank(s)"), "{t}");
+}
+
+/// `dist.force_reduce`: with one rank every update takes the reduction path the trainer
+/// otherwise skips (flatten, the backend's mean, unflatten, apply). Bit for bit, not to float
+/// rounding: on the local backend the mean is the identity and a division by 1, and under
+/// `mpirun -n 1` MPI_Allreduce over one rank copies its input; IEEE division by 1 returns its
+/// operand exactly, and the rest of the update is the same computation in the same order on
+/// the same host and thread count. That the path was taken is seen from outside: the MPI
+/// run stages its reductions through the host (and says so), the unforced one does not, and
+/// the bench counts the local backend's forced all-reduces.
+#[test]
+fn forced_reduction_at_world_size_1_gives_the_same_parameters_bit_for_bit() {
+    let tmp = tempfile::tempdir().unwrap();
+    let sets = |backend: &str, force: bool| -> Vec<String> {
+        vec!["train.iterations=4".into(), "train.checkpoint_every=4".into(), format!("dist.backend=\"{backend}\""), format!("dist.force_reduce={force}")]
+    };
+    let plain = tmp.path().join("plain");
+    let mut c = Command::new(bin());
+    c.args(train_args(&plain, &sets("local", false)));
+    run_ok(c);
+    let reference = state(&plain.join("checkpoints/step-000000004"));
+    let mut c = Command::new(bin());
+    let local = tmp.path().join("local-forced");
+    c.args(train_args(&local, &sets("local", true)));
+    run_ok(c);
+    let written = std::fs::read_to_string(local.join("config.toml")).unwrap();
+    assert!(written.contains("force_reduce = true"), "the run's configuration keeps the switch: {written}");
+    let mpi = tmp.path().join("mpi-forced");
+    let out = run_ok(train_cmd(1, &mpi, &sets("mpi", true), &[]));
+    assert!(out.contains("more staged the MPI backend's reductions through the host"), "the forced MPI run reduced nothing: {out}");
+    let unforced = run_ok(train_cmd(1, &tmp.path().join("mpi"), &sets("mpi", false), &[]));
+    assert!(!unforced.contains("staged the MPI backend's reductions"), "one rank without force_reduce must skip the reduction: {unforced}");
+    for (what, run) in [("local backend, forced", &local), ("mpirun -n 1, MPI, forced", &mpi)] {
+        assert_states_agree(&state(&run.join("checkpoints/step-000000004")), &reference, Agreement::Bits, what);
+    }
+    let bench = |force: bool| {
+        let mut c = Command::new(bin());
+        c.args(["bench", "--device", "cpu", "--batch", "8", "--iters", "1", "--warmup", "0", "--set", "model.dim=2", "--set", "train.threads=1"]);
+        c.args(["--set", "dist.backend=\"local\"", "--set", &format!("dist.force_reduce={force}")]);
+        run_ok(c)
+    };
+    let forced = bench(true);
+    assert!(forced.lines().any(|l| l.starts_with("all-reduce: ") && !l.starts_with("all-reduce: 0 calls")), "{forced}");
+    assert!(!bench(false).contains("all-reduce: "), "one process without force_reduce reduces nothing");
 }
 

@@ -1,7 +1,8 @@
 //! Every pair of the switches that change a training step, as tiny CPU runs: an all-pairs
 //! covering (tests/pairwise) of loss kind, penalty kind and laziness, label smoothing, norm
 //! and value clipping, feature matching, historical averaging, L2, weight clipping, spectral
-//! norm, EMA, TTUR, optimizer, data set, the evaluation metric and world size (2 = real mpirun). Each row trains 4
+//! norm, EMA, TTUR, optimizer, data set, the evaluation metric, the forced reduction at world
+//! size 1 and world size (2 = real mpirun). Each row trains 4
 //! iterations with a checkpoint at 2 and 4, and must end with finite parameters and no skipped
 //! update; resumed from step 2 it must reach the same state at step 4, bit for bit; and
 //! `sample` and `eval` must work on its checkpoint. The rows are printed before they run.
@@ -72,6 +73,7 @@ const FACTORS: &[Factor] = &[
             ("kid", &["eval.metric=\"kid\""]),
         ],
     },
+    Factor { name: "force-reduce", levels: &[OFF, ("on", &["dist.force_reduce=true"])] },
     Factor { name: "ranks", levels: &[("1", &[]), ("2", &[])] },
 ];
 

@@ -22,13 +22,11 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let started = collectives::init(&cfg.dist, &cfg.train.device)?;
     crate::logging::set_rank(started.comm.rank());
     tracing::info!("{}", started.report);
-    let checks = collectives::selftest::run(&started);
     let rank = started.comm.rank();
-    let mut failed = 0;
-    for c in &checks {
-        println!("rank {rank} selftest {}: {} ({})", c.name, if c.ok { "ok" } else { "FAILED" }, c.detail);
-        failed += !c.ok as usize;
-    }
+    // Each row as it ends (stdout is line-buffered): a later row that ends the job leaves
+    // the earlier ones printed.
+    let checks = collectives::selftest::run(&started, |c| println!("rank {rank} selftest {}: {} ({})", c.name, if c.ok { "ok" } else { "FAILED" }, c.detail));
+    let failed = checks.iter().filter(|c| !c.ok).count();
     // Every rank reports before any ends the job.
     started.comm.barrier()?;
     if failed > 0 {

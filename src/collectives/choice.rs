@@ -39,6 +39,15 @@ pub struct Choice {
     pub reason: String,
 }
 
+/// "2.28.9" from NCCL's version code (X*10000 + Y*100 + Z from 2.9 on, X*1000 + Y*100 + Z before).
+pub fn version_string(code: i32) -> String {
+    if code >= 20900 {
+        format!("{}.{}.{}", code / 10000, code % 10000 / 100, code % 100)
+    } else {
+        format!("{}.{}.{}", code / 1000, code % 1000 / 100, code % 100)
+    }
+}
+
 /// Which physical GPU a rank uses: the UUID when the driver gives one (unique everywhere),
 /// else the PCI bus id on its host. Never the device index: with one GPU per task (Slurm
 /// --gpus-per-task, cgroups) every rank sees its own GPU as cuda:0.
@@ -86,7 +95,7 @@ fn nccl_obstacle(facts: &[RankFacts]) -> Option<String> {
     }
     let versions: Vec<(usize, i32)> = facts.iter().filter_map(|f| Some((f.rank, f.nccl.as_ref()?.as_ref().ok()?.version))).collect();
     if let Some((r, v)) = versions.iter().find(|(_, v)| *v != versions[0].1) {
-        return Some(format!("ranks {} and {r} load different NCCL versions ({} and {})", versions[0].0, super::nccl::version_string(versions[0].1), super::nccl::version_string(*v)));
+        return Some(format!("ranks {} and {r} load different NCCL versions ({} and {})", versions[0].0, version_string(versions[0].1), version_string(*v)));
     }
     for (i, a) in facts.iter().enumerate() {
         for b in &facts[i + 1..] {
@@ -216,6 +225,13 @@ mod tests {
         let c = choose(Backend::Auto, &[gpu_rank(0, "n1", "0000:19:00.0", "GPU-a"), old]).unwrap();
         assert!(!c.nccl && c.reason.contains("2.28.9 and 2.28.3"), "{c:?}");
         assert!(!choose(Backend::Mpi, &[gpu_rank(0, "n1", "a", "GPU-a")]).unwrap().nccl);
+    }
+
+    #[test]
+    fn version_codes() {
+        assert_eq!(version_string(22809), "2.28.9");
+        assert_eq!(version_string(21903), "2.19.3");
+        assert_eq!(version_string(2804), "2.8.4");
     }
 
     #[test]

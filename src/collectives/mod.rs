@@ -12,6 +12,7 @@
 
 pub mod choice;
 pub mod cuda;
+pub mod launcher;
 #[cfg(feature = "mpi")]
 pub mod mpi_backend;
 #[cfg(feature = "mpi")]
@@ -35,8 +36,29 @@ pub trait Collective {
     /// Sums a contiguous float32 tensor over all ranks, in place. On the device backends it
     /// may return before the sum is done: later device work is ordered after it.
     fn all_reduce_sum(&self, buf: &mut Tensor) -> Result<()>;
+    /// Averages a contiguous float32 tensor over all ranks, in place: the sum divided by the
+    /// world size. NCCL does it in one kernel (ncclAvg), which it launches even with one rank,
+    /// where a sum in place does nothing (see `nccl`); the others sum, then divide.
+    fn all_reduce_mean(&self, buf: &mut Tensor) -> Result<()> {
+        self.all_reduce_sum(buf)?;
+        let _ = buf.g_div_scalar_(self.world_size() as f64);
+        Ok(())
+    }
+    /// The reduction of every rank's `src` into `dst` (same size), leaving `src` as it was.
+    fn all_reduce_into(&self, src: &Tensor, dst: &mut Tensor, op: ReduceOp) -> Result<()> {
+        tch::no_grad(|| dst.copy_(src));
+        match op {
+            ReduceOp::Sum => self.all_reduce_sum(dst),
+            ReduceOp::Mean => self.all_reduce_mean(dst),
+        }
+    }
     /// Copies `root`'s float32 tensor into every rank's `buf`, in place (ordered likewise).
     fn broadcast(&self, buf: &mut Tensor, root: usize) -> Result<()>;
+    /// Copies `root`'s `src` into every rank's `dst` (same size).
+    fn broadcast_into(&self, src: &Tensor, dst: &mut Tensor, root: usize) -> Result<()> {
+        tch::no_grad(|| dst.copy_(src));
+        self.broadcast(dst, root)
+    }
     /// Every rank's value of `x`, in rank order.
     fn all_gather_u64(&self, x: u64) -> Result<Vec<u64>>;
     /// Whether `flag` is set on any rank: a host-side agreement that never touches the device.
@@ -53,6 +75,14 @@ pub trait Collective {
     }
     /// Ends every rank of the job (after an error on one of them).
     fn abort(&self, code: i32) -> !;
+}
+
+/// What an all-reduce computes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ReduceOp {
+    Sum,
+    /// The sum divided by the world size.
+    Mean,
 }
 
 /// One process: every collective is the identity.
@@ -149,13 +179,19 @@ fn rank_facts(rank: usize, local_rank: usize, local_size: usize, device: Device,
 }
 
 /// Starts the collective backend the config asks for and picks this rank's device.
+/// A process that would train alone while its launcher started several refuses here, on
+/// every process (`launcher`).
 pub fn init(cfg: &DistConfig, device_name: &str) -> Result<Started> {
+    // Before MPI_Init, which writes Open MPI's own variables into a singleton's environment.
+    let seen = launcher::Seen::from_env();
     let want_mpi = match cfg.backend {
         Backend::Local => false,
         Backend::Auto => launched_by_mpi(),
         Backend::Mpi | Backend::Nccl => true,
     };
     if !want_mpi {
+        let alone = if cfg.backend == Backend::Local { "dist.backend = \"local\"" } else { "no MPI launcher started it, so gandist runs as one process" };
+        launcher::verdict(&seen, 1, alone)?;
         let device = crate::device::select(device_name, 0)?;
         let facts = rank_facts(0, 0, 1, device, false);
         let notes = crate::device::auto_cpu_reason(device_name, device).into_iter().collect();
@@ -163,16 +199,19 @@ pub fn init(cfg: &DistConfig, device_name: &str) -> Result<Started> {
     }
     #[cfg(feature = "mpi")]
     {
-        init_mpi(cfg, device_name)
+        init_mpi(cfg, device_name, &seen)
     }
     #[cfg(not(feature = "mpi"))]
     {
-        anyhow::bail!("this gandist was built without the `mpi` feature: rebuild with it, or set dist.backend = \"local\"")
+        anyhow::bail!(
+            "this gandist was built without MPI (cargo build --no-default-features), so it runs one process only: dist.backend = {:?} needs the default build (with Open MPI); for one process set dist.backend = \"local\" and start it without mpirun",
+            cfg.backend
+        )
     }
 }
 
 #[cfg(feature = "mpi")]
-fn init_mpi(cfg: &DistConfig, device_name: &str) -> Result<Started> {
+fn init_mpi(cfg: &DistConfig, device_name: &str, seen: &launcher::Seen) -> Result<Started> {
     use anyhow::{bail, Context};
     use std::time::Duration;
     set_device_before_mpi(device_name);
@@ -182,6 +221,8 @@ fn init_mpi(cfg: &DistConfig, device_name: &str) -> Result<Started> {
     };
     let mpi = mpi_backend::Mpi::init(deadlines)?;
     let (rank, local_rank, local_size, world) = (mpi.rank(), mpi.local_rank(), mpi.local_size(), mpi.world_size());
+    // A world of 1 has no peers to wait for this refusal.
+    launcher::verdict(seen, world, "MPI reports a world of 1")?;
     // Errors before the gather travel in it: every rank then fails together.
     let device = crate::device::select(device_name, local_rank);
     let mine = match &device {
@@ -206,7 +247,7 @@ fn init_mpi(cfg: &DistConfig, device_name: &str) -> Result<Started> {
     }
     // After the gather the others are inside ncclCommInitRank: a failure here must end the job.
     let Device::Cuda(i) = device else { unreachable!("NCCL is chosen for CUDA devices only") };
-    let comm = nccl::discover().and_then(|lib| nccl::Communicator::init(lib, &mpi, i, deadlines.collective));
+    let comm = nccl::discover().and_then(|lib| nccl::Communicator::init(lib, &mpi, i, deadlines.collective, deadlines.collective));
     match comm {
         Ok(c) => Ok(Started { comm: Box::new(nccl::Nccl::from_parts(c, mpi)), device, report: choice::startup_report(&mine, world, "nccl", notes) }),
         Err(e) => {

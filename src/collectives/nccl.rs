@@ -15,7 +15,18 @@
 //! makes the monitor abort the communicator (which releases kernels stuck on a dead peer);
 //! the error then surfaces on the rank's next call or `check`. A communicator ends exactly
 //! once, by abort or by destroy, whoever asks first.
+//!
+//! What NCCL does with one rank (read in NCCL v2.28.9-1, the version libtorch 2.11.0's wheel
+//! loads, and unchanged on master at 2.30.7): `taskAppend` (src/enqueue.cc) hands every
+//! collective of a 1-rank communicator to `ncclLaunchOneRank` (src/device/onerank.cu), which
+//! does nothing for an in-place sum or broadcast, a `cudaMemcpyAsync` on the caller's stream for
+//! an out-of-place one, and launches its `oneRankReduce` kernel only for a pre-multiplied sum:
+//! `ncclAvg` on floats (`hostToDevRedOp` makes it a sum pre-multiplied by 1/nRanks). So the
+//! trainer reduces with `ncclAvg` in place (one kernel at any world size, and no separate
+//! division), and the self-test's one-GPU rows use out-of-place calls and `ncclAvg`, which do
+//! device work on the stream, instead of in-place sums, which do none.
 
+use super::choice::version_string;
 use super::cuda::{self, CuContext, CuEvent};
 use super::mpi_backend::Mpi;
 use super::Collective;
@@ -24,7 +35,7 @@ use libloading::Library;
 use std::collections::VecDeque;
 use std::ffi::{c_char, c_int, c_void, CStr};
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 use tch::{Device, Kind, Tensor};
@@ -41,6 +52,9 @@ const NCCL_SUCCESS: c_int = 0;
 const NCCL_IN_PROGRESS: c_int = 7;
 const NCCL_FLOAT32: c_int = 7;
 const NCCL_SUM: c_int = 0;
+/// ncclAvg: on floats NCCL turns it into a sum of inputs pre-multiplied by 1/nRanks
+/// (`hostToDevRedOp`, src/enqueue.cc), which with one rank is still a kernel (below).
+const NCCL_AVG: c_int = 4;
 /// The legacy default stream.
 const DEFAULT_STREAM: Stream = std::ptr::null_mut();
 /// How often the monitor looks at events and asynchronous errors.
@@ -139,15 +153,6 @@ pub fn plan(m: &Mapped, override_lib: Option<PathBuf>, exports_nccl: impl FnOnce
     }
 }
 
-/// "2.28.9" from NCCL's version code (X*10000 + Y*100 + Z from 2.9 on, X*1000 + Y*100 + Z before).
-pub fn version_string(code: i32) -> String {
-    if code >= 20900 {
-        format!("{}.{}.{}", code / 10000, code % 10000 / 100, code % 100)
-    } else {
-        format!("{}.{}.{}", code / 1000, code % 1000 / 100, code % 100)
-    }
-}
-
 /// The NCCL entry points this backend calls.
 struct Api {
     get_version: unsafe extern "C" fn(*mut c_int) -> c_int,
@@ -158,7 +163,10 @@ struct Api {
     comm_abort: unsafe extern "C" fn(Comm) -> c_int,
     comm_destroy: unsafe extern "C" fn(Comm) -> c_int,
     get_async_error: unsafe extern "C" fn(Comm, *mut c_int) -> c_int,
+    comm_cu_device: unsafe extern "C" fn(Comm, *mut c_int) -> c_int,
     error_string: unsafe extern "C" fn(c_int) -> *const c_char,
+    /// NCCL's text of its last error (from 2.13 on; the argument is unused, NULL is allowed).
+    last_error: Option<unsafe extern "C" fn(Comm) -> *const c_char>,
     _lib: Library,
 }
 
@@ -191,7 +199,10 @@ impl NcclLib {
             comm_abort: sym!(b"ncclCommAbort\0"),
             comm_destroy: sym!(b"ncclCommDestroy\0"),
             get_async_error: sym!(b"ncclCommGetAsyncError\0"),
+            comm_cu_device: sym!(b"ncclCommCuDevice\0"),
             error_string: sym!(b"ncclGetErrorString\0"),
+            // SAFETY: as above.
+            last_error: unsafe { lib.get(b"ncclGetLastError\0") }.ok().map(|s| *s),
             _lib: lib,
         };
         let mut v: c_int = 0;
@@ -206,7 +217,13 @@ impl NcclLib {
         if r == NCCL_SUCCESS {
             return Ok(());
         }
-        bail!("{what} failed: NCCL error {r} ({})", self.error_text(r))
+        bail!("{}", self.error(what, r))
+    }
+
+    /// "WHAT failed: NCCL error R (its name); ncclGetLastError: ...": every NCCL error says
+    /// what NCCL itself recorded about it (a peer's address, a CUDA error, a missing plugin).
+    fn error(&self, what: &str, r: c_int) -> String {
+        error_message(what, r, &self.error_text(r), self.last_error().as_deref())
     }
 
     fn error_text(&self, r: c_int) -> String {
@@ -214,10 +231,44 @@ impl NcclLib {
         unsafe { CStr::from_ptr((self.api.error_string)(r)) }.to_string_lossy().into_owned()
     }
 
+    /// ncclGetLastError's text (process-wide in NCCL: it ignores its argument), if this NCCL
+    /// has the call.
+    fn last_error(&self) -> Option<String> {
+        let f = self.api.last_error?;
+        // SAFETY: returns a pointer to NCCL's static, NUL-terminated buffer.
+        let p = unsafe { f(std::ptr::null_mut()) };
+        if p.is_null() {
+            return Some(String::new());
+        }
+        Some(unsafe { CStr::from_ptr(p) }.to_string_lossy().trim().to_string())
+    }
+
     /// "NCCL 2.28.9 (loaded by libtorch from /path/libnccl.so.2)".
     pub fn describe(&self) -> String {
         format!("NCCL {} ({})", version_string(self.version), self.source.describe())
     }
+}
+
+/// The text of an NCCL error: the failed call, NCCL's code and name, and ncclGetLastError's
+/// text (None: this NCCL has no ncclGetLastError).
+pub fn error_message(what: &str, code: i32, code_text: &str, last: Option<&str>) -> String {
+    let last = match last {
+        None => "this NCCL has no ncclGetLastError".to_string(),
+        Some("") => "ncclGetLastError: (empty)".to_string(),
+        Some(t) => format!("ncclGetLastError: {t}"),
+    };
+    format!("{what} failed: NCCL error {code} ({code_text}); {last}")
+}
+
+/// Refuses a communicator that NCCL put on another device than the one gandist chose: its
+/// kernels would then run on one GPU against buffers on another.
+pub fn check_device(chosen: usize, nccl_device: i32) -> Result<()> {
+    if nccl_device == chosen as i32 {
+        return Ok(());
+    }
+    bail!(
+        "NCCL's communicator is on CUDA device {nccl_device} (ncclCommCuDevice), but gandist chose cuda:{chosen} for this rank: NCCL takes the device current on the calling thread, and something made another one current; refusing to reduce buffers of cuda:{chosen} on device {nccl_device}"
+    )
 }
 
 /// Whether the library at `path` exports NCCL (`ncclGetVersion`).
@@ -315,6 +366,8 @@ struct Shared {
     /// Calls of ncclCommAbort and ncclCommDestroy made (the self-test checks them).
     aborts: AtomicU32,
     destroys: AtomicU32,
+    /// Collectives enqueued: (all-reduces, broadcasts), said when the communicator ends.
+    enqueued: (AtomicU64, AtomicU64),
 }
 
 impl Shared {
@@ -368,9 +421,14 @@ impl Shared {
         let mut async_err: c_int = NCCL_SUCCESS;
         // SAFETY: the communicator is live (the monitor is stopped before it is destroyed,
         // and only this thread or a failure path aborts it).
-        unsafe { (self.lib.api.get_async_error)(self.comm.0, &mut async_err) };
+        let r = unsafe { (self.lib.api.get_async_error)(self.comm.0, &mut async_err) };
+        if r != NCCL_SUCCESS {
+            // The call itself failed: the communicator's state is unknown, so treat it as failed.
+            self.fail(format!("{}; the communicator was aborted", self.lib.error("ncclCommGetAsyncError", r)));
+            return false;
+        }
         if async_err != NCCL_SUCCESS && async_err != NCCL_IN_PROGRESS {
-            self.fail(format!("NCCL reported an asynchronous error {async_err} ({}); the communicator was aborted", self.lib.error_text(async_err)));
+            self.fail(format!("{}; the communicator was aborted", self.lib.error("an earlier NCCL operation (ncclCommGetAsyncError)", async_err)));
             return false;
         }
         let d = self.driver();
@@ -411,9 +469,12 @@ pub struct Communicator {
 }
 
 impl Communicator {
-    /// Joins the communicator of all MPI ranks on CUDA device `device`. Every rank calls it;
-    /// the wait for the others is bounded by `timeout` (the job ends past it).
-    pub fn init(lib: Arc<NcclLib>, mpi: &Mpi, device: usize, timeout: Duration) -> Result<Communicator> {
+    /// Joins the communicator of all MPI ranks on CUDA device `device`. Every rank calls it.
+    /// `setup` bounds the wait for the others in ncclCommInitRank (the job ends past it: a
+    /// communicator takes half a second or more to set up); `ops` bounds each later
+    /// operation, from its enqueue to its completion on the device (the monitor aborts the
+    /// communicator past it).
+    pub fn init(lib: Arc<NcclLib>, mpi: &Mpi, device: usize, setup: Duration, ops: Duration) -> Result<Communicator> {
         let driver = cuda::driver()?;
         let ctx = driver.make_current(device).with_context(|| format!("CUDA device {device}"))?;
         let mut id = UniqueId { internal: [0; 128] };
@@ -425,16 +486,24 @@ impl Communicator {
         let mut comm: Comm = std::ptr::null_mut();
         let (n, rank) = (mpi.world_size() as c_int, mpi.rank() as c_int);
         let r = {
-            let _deadline = mpi.deadline(format!("ncclCommInitRank on CUDA device {device} ({})", lib.describe()), timeout);
+            let _deadline = mpi.deadline(format!("ncclCommInitRank on CUDA device {device} ({}, dist.timeout_seconds)", lib.describe()), setup);
             // SAFETY: blocks until all ranks join; the id came from rank 0.
             unsafe { (lib.api.comm_init_rank)(&mut comm, n, id, rank) }
         };
         lib.check("ncclCommInitRank", r).with_context(|| format!("{} on CUDA device {device}", lib.describe()))?;
+        let mut on: c_int = -1;
+        // SAFETY: the communicator is live; writes one int.
+        let r = unsafe { (lib.api.comm_cu_device)(comm, &mut on) };
+        if let Err(e) = lib.check("ncclCommCuDevice", r).and_then(|_| check_device(device, on)) {
+            // SAFETY: live, never used again.
+            unsafe { (lib.api.comm_abort)(comm) };
+            return Err(e);
+        }
         let shared = Arc::new(Shared {
             lib,
             comm: CommPtr(comm),
             ctx: CtxPtr(ctx),
-            timeout,
+            timeout: ops,
             ending: Ending::default(),
             gate: Mutex::new(()),
             watching: Mutex::new(()),
@@ -444,6 +513,7 @@ impl Communicator {
             stop_monitor: AtomicBool::new(false),
             aborts: AtomicU32::new(0),
             destroys: AtomicU32::new(0),
+            enqueued: (AtomicU64::new(0), AtomicU64::new(0)),
         });
         let s = shared.clone();
         let monitor = std::thread::Builder::new()
@@ -477,10 +547,17 @@ impl Communicator {
         (self.shared.aborts.load(Ordering::SeqCst), self.shared.destroys.load(Ordering::SeqCst))
     }
 
-    /// Enqueues one collective on `buf` (in place) and returns without waiting for it.
-    fn enqueue(&self, buf: &Tensor, what: &'static str, f: impl FnOnce(Comm, *mut c_void, usize) -> c_int) -> Result<()> {
-        if buf.device() != Device::Cuda(self.device) || buf.kind() != Kind::Float || !buf.is_contiguous() {
-            bail!("{what} takes a contiguous float32 tensor on cuda:{}, got {:?} on {:?}", self.device, buf.kind(), buf.device());
+    /// Enqueues one collective reading `src` (None: in place) and writing `dst`, and returns
+    /// without waiting for it.
+    fn enqueue(&self, src: Option<&Tensor>, dst: &Tensor, what: &'static str, f: impl FnOnce(Comm, *const c_void, *mut c_void, usize) -> c_int) -> Result<()> {
+        let want = Device::Cuda(self.device);
+        for t in std::iter::once(dst).chain(src) {
+            if t.device() != want || t.kind() != Kind::Float || !t.is_contiguous() {
+                bail!("{what} takes contiguous float32 tensors on cuda:{}, got {:?} on {:?}", self.device, t.kind(), t.device());
+            }
+        }
+        if let Some(s) = src.filter(|s| s.numel() != dst.numel()) {
+            bail!("{what}: the source holds {} values and the destination {}", s.numel(), dst.numel());
         }
         self.check()?;
         let s = &self.shared;
@@ -495,29 +572,49 @@ impl Communicator {
                 drop(_gate);
                 return self.check();
             }
-            let r = f(s.comm.0, buf.data_ptr(), buf.numel());
+            let out = dst.data_ptr();
+            let r = f(s.comm.0, src.map_or(out, |t| t.data_ptr()), out, dst.numel());
             if r != NCCL_SUCCESS {
-                s.record(format!("{what} failed: NCCL error {r} ({}); the communicator was aborted", s.lib.error_text(r)));
+                s.record(format!("{}; the communicator was aborted", s.lib.error(what, r)));
                 drop(_gate);
                 self.abort();
                 return self.check();
             }
             d.event_record(event.0)?;
         }
+        let counter = if what == "ncclBroadcast" { &s.enqueued.1 } else { &s.enqueued.0 };
+        counter.fetch_add(1, Ordering::Relaxed);
         s.in_flight.lock().unwrap_or_else(|e| e.into_inner()).push_back(InFlight { event, what, since: Instant::now() });
         Ok(())
     }
 
-    pub fn all_reduce_sum(&self, buf: &mut Tensor) -> Result<()> {
+    fn all_reduce(&self, src: Option<&Tensor>, dst: &Tensor, op: c_int) -> Result<()> {
         let f = self.shared.lib.api.all_reduce;
-        // SAFETY: in place on the tensor's own device memory, ordered on the default stream.
-        self.enqueue(buf, "ncclAllReduce", |comm, p, n| unsafe { f(p, p, n, NCCL_FLOAT32, NCCL_SUM, comm, DEFAULT_STREAM) })
+        // SAFETY: on the tensors' own device memory (checked above), ordered on the default stream.
+        self.enqueue(src, dst, "ncclAllReduce", |comm, s, d, n| unsafe { f(s, d, n, NCCL_FLOAT32, op, comm, DEFAULT_STREAM) })
     }
 
-    pub fn broadcast(&self, buf: &mut Tensor, root: usize) -> Result<()> {
+    /// Sums in place (with one rank NCCL does no device work for this).
+    pub fn all_reduce_sum(&self, buf: &mut Tensor) -> Result<()> {
+        self.all_reduce(None, buf, NCCL_SUM)
+    }
+
+    /// Averages in place with ncclAvg: a kernel at every world size, one rank included.
+    pub fn all_reduce_mean(&self, buf: &mut Tensor) -> Result<()> {
+        self.all_reduce(None, buf, NCCL_AVG)
+    }
+
+    pub fn all_reduce_into(&self, src: &Tensor, dst: &mut Tensor, op: super::ReduceOp) -> Result<()> {
+        self.all_reduce(Some(src), dst, match op {
+            super::ReduceOp::Sum => NCCL_SUM,
+            super::ReduceOp::Mean => NCCL_AVG,
+        })
+    }
+
+    pub fn broadcast(&self, src: Option<&Tensor>, dst: &mut Tensor, root: usize) -> Result<()> {
         let f = self.shared.lib.api.broadcast;
         // SAFETY: as above.
-        self.enqueue(buf, "ncclBroadcast", |comm, p, n| unsafe { f(p, p, n, NCCL_FLOAT32, root as c_int, comm, DEFAULT_STREAM) })
+        self.enqueue(src, dst, "ncclBroadcast", |comm, s, d, n| unsafe { f(s, d, n, NCCL_FLOAT32, root as c_int, comm, DEFAULT_STREAM) })
     }
 
     fn stop_monitor(&mut self) {
@@ -546,6 +643,16 @@ impl Drop for Communicator {
             // SAFETY: the communicator is live and nothing uses it after this.
             unsafe { (s.lib.api.comm_destroy)(s.comm.0) };
         }
+        tracing::info!(
+            "NCCL communicator on cuda:{}: {} all-reduces and {} broadcasts enqueued; {}",
+            self.device,
+            s.enqueued.0.load(Ordering::Relaxed),
+            s.enqueued.1.load(Ordering::Relaxed),
+            match s.ending.ended() {
+                Some(End::Aborted) => "aborted",
+                _ => "destroyed",
+            }
+        );
         let d = s.driver();
         let in_flight: Vec<InFlight> = s.in_flight.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
         for e in in_flight.into_iter().map(|f| f.event).chain(s.spare_events.lock().unwrap_or_else(|e| e.into_inner()).drain(..)) {
@@ -590,11 +697,29 @@ impl Collective for Nccl {
         }
         self.comm.all_reduce_sum(buf)
     }
+    fn all_reduce_mean(&self, buf: &mut Tensor) -> Result<()> {
+        if !buf.device().is_cuda() {
+            return self.mpi.all_reduce_mean(buf);
+        }
+        self.comm.all_reduce_mean(buf)
+    }
+    fn all_reduce_into(&self, src: &Tensor, dst: &mut Tensor, op: super::ReduceOp) -> Result<()> {
+        if !dst.device().is_cuda() {
+            return self.mpi.all_reduce_into(src, dst, op);
+        }
+        self.comm.all_reduce_into(src, dst, op)
+    }
     fn broadcast(&self, buf: &mut Tensor, root: usize) -> Result<()> {
         if !buf.device().is_cuda() {
             return self.mpi.broadcast(buf, root);
         }
-        self.comm.broadcast(buf, root)
+        self.comm.broadcast(None, buf, root)
+    }
+    fn broadcast_into(&self, src: &Tensor, dst: &mut Tensor, root: usize) -> Result<()> {
+        if !dst.device().is_cuda() {
+            return self.mpi.broadcast_into(src, dst, root);
+        }
+        self.comm.broadcast(Some(src), dst, root)
     }
     fn all_gather_u64(&self, x: u64) -> Result<Vec<u64>> {
         self.mpi.all_gather_u64(x)
@@ -613,8 +738,11 @@ impl Collective for Nccl {
     fn exercise_abort(&self) -> Result<Option<String>> {
         self.comm.check()?;
         let (lib, dev) = (self.comm.shared.lib.clone(), self.comm.device);
+        // The probe's set-up has the job's own bound (dist.timeout_seconds, like the job's
+        // communicator): ncclCommInitRank takes half a second or more, so the short deadline
+        // applies to the probe's all-reduce alone.
         let deadline = Duration::from_millis(20);
-        let probe = Communicator::init(lib, &self.mpi, dev, deadline)?;
+        let probe = Communicator::init(lib, &self.mpi, dev, self.comm.shared.timeout, deadline)?;
         // Keep the device busy far past the deadline, then queue a reduction behind that work:
         // its event cannot complete in time, so the monitor must abort the probe.
         let a = Tensor::randn([4096, 4096], (Kind::Float, Device::Cuda(dev)));
@@ -624,7 +752,8 @@ impl Collective for Nccl {
         }
         let mut buf = Tensor::ones([1024], (Kind::Float, Device::Cuda(dev)));
         let queued = Instant::now();
-        probe.all_reduce_sum(&mut buf)?;
+        // The mean: NCCL's kernel even with one rank, queued behind that work.
+        probe.all_reduce_mean(&mut buf)?;
         let err = loop {
             if let Err(e) = probe.check() {
                 break format!("{e:#}");
@@ -649,15 +778,17 @@ impl Collective for Nccl {
         }
         // The device work finishes, and the job's own communicator still works.
         let _ = crate::hostread::scalar(&x.sum(Kind::Float));
-        let mut one = Tensor::ones([3], (Kind::Float, Device::Cuda(dev)));
-        self.comm.all_reduce_sum(&mut one)?;
-        let sum = crate::hostread::vec_f32(&one)?;
+        // Out of place, so that it does device work with one rank too.
+        let ones = Tensor::ones([3], (Kind::Float, Device::Cuda(dev)));
+        let mut into = Tensor::full([3], f64::NAN, (Kind::Float, Device::Cuda(dev)));
+        self.comm.all_reduce_into(&ones, &mut into, super::ReduceOp::Sum)?;
+        let sum = crate::hostread::vec_f32(&into)?;
         if sum != vec![self.world_size() as f32; 3] {
             bail!("the job's communicator gave {sum:?} after the probe's abort");
         }
         self.comm.check()?;
         Ok(Some(format!(
-            "an all-reduce queued behind ~100 ms of work was aborted {:.0} ms after it was queued (deadline {deadline:?}); ncclCommAbort 1x, ncclCommDestroy 0x; later calls fail; the job's communicator still works; error: {err}",
+            "an all-reduce (mean) queued behind ~100 ms of work was aborted {:.0} ms after it was queued (deadline {deadline:?}; the probe's set-up within dist.timeout_seconds); ncclCommAbort 1x, ncclCommDestroy 0x; later calls fail; the job's communicator still works; error: {err}",
             noticed.as_secs_f64() * 1e3
         )))
     }
@@ -718,10 +849,20 @@ mod tests {
     }
 
     #[test]
-    fn version_codes() {
-        assert_eq!(version_string(22809), "2.28.9");
-        assert_eq!(version_string(21903), "2.19.3");
-        assert_eq!(version_string(2804), "2.8.4");
+    fn error_messages_carry_nccl_last_error() {
+        assert_eq!(
+            error_message("ncclCommInitRank", 2, "unhandled system error", Some("socket.cc:123 connect to 10.0.0.2<5000> failed")),
+            "ncclCommInitRank failed: NCCL error 2 (unhandled system error); ncclGetLastError: socket.cc:123 connect to 10.0.0.2<5000> failed"
+        );
+        assert!(error_message("ncclAllReduce", 3, "internal error", Some("")).ends_with("; ncclGetLastError: (empty)"));
+        assert!(error_message("ncclAllReduce", 3, "internal error", None).ends_with("; this NCCL has no ncclGetLastError"));
+    }
+
+    #[test]
+    fn check_device_refuses_another_device() {
+        assert!(check_device(1, 1).is_ok());
+        let e = format!("{:#}", check_device(1, 0).unwrap_err());
+        assert!(e.starts_with("NCCL's communicator is on CUDA device 0 (ncclCommCuDevice), but gandist chose cuda:1 for this rank"), "{e}");
     }
 
     #[test]

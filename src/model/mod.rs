@@ -1,13 +1,16 @@
-//! The WGAN-GP paper's MNIST generator and critic (its reference code's architecture), with
-//! PyTorch's default initialisation and parameters held in one flat buffer per network; and
-//! `Net`, the name of either network wherever it is needed (trainer, scalar log, metrics,
-//! checkpoints).
+//! The generator and the critic: the WGAN-GP paper's 28 x 28 MNIST networks (its reference
+//! code's architecture, `model.arch = "paper"`) and the DCGAN family that scales with the
+//! image side and channels (`model.arch = "dcgan"`, in `dcgan`), both with PyTorch's default
+//! initialisation and parameters held in one flat buffer per network; and `Net`, the name of
+//! either network wherever it is needed (trainer, scalar log, metrics, checkpoints).
 
+pub mod dcgan;
 pub mod ema;
 pub mod params;
 pub mod spectral_norm;
 
-use crate::config::ModelConfig;
+use crate::config::{Arch, ModelConfig};
+use anyhow::{bail, Result};
 use params::{ParamBuilder, ParamSet};
 use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
@@ -78,6 +81,34 @@ impl<T> std::ops::IndexMut<Net> for PerNet<T> {
     }
 }
 
+/// The images a generator makes and a critic reads: channels, and the side of a square.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ImageShape {
+    pub channels: i64,
+    pub side: i64,
+}
+
+impl ImageShape {
+    /// MNIST's digits.
+    pub const MNIST: ImageShape = ImageShape { channels: 1, side: 28 };
+}
+
+/// Whether `arch` makes images of `shape`; the error says what it makes.
+pub fn check_shape(arch: Arch, shape: ImageShape) -> Result<()> {
+    match arch {
+        Arch::Paper if shape.side != PAPER_SIDE => bail!(
+            "model.arch = \"paper\" makes {PAPER_SIDE} x {PAPER_SIDE} images (the WGAN-GP paper's MNIST networks): the data's side is {} (use model.arch = \"dcgan\" for 32, 64 or 128, or data.resolution = {PAPER_SIDE})",
+            shape.side
+        ),
+        Arch::Paper if shape.channels < 1 => bail!("the data has {} channels: expected at least 1", shape.channels),
+        Arch::Paper => Ok(()),
+        Arch::Dcgan => dcgan::check(shape),
+    }
+}
+
+/// The paper's networks' image side.
+pub const PAPER_SIDE: i64 = 28;
+
 /// Slope of the critic's leaky ReLU, as in the paper's code.
 pub const LEAKY_SLOPE: f64 = 0.2;
 
@@ -86,46 +117,64 @@ fn bound(fan_in: i64) -> f64 {
     1.0 / (fan_in as f64).sqrt()
 }
 
-/// Linear(latent, 4*4*4*dim) + ReLU, then three stride-2 transposed 5x5 convolutions
-/// 4x4 -> 8x8 (cropped to 7x7) -> 14x14 -> 28x28, then tanh for images in [-1, 1].
+/// The generator. Paper: Linear(latent, 4*4*4*dim) + ReLU, then three stride-2 transposed
+/// 5x5 convolutions 4x4 -> 8x8 (cropped to 7x7) -> 14x14 -> 28x28, then tanh for images in
+/// [-1, 1]. DCGAN: see `dcgan`.
 pub struct Generator {
     pub params: ParamSet,
+    pub arch: Arch,
     pub dim: i64,
     pub latent: i64,
-    /// Output image channels (1 for MNIST, 3 for stacked MNIST).
+    /// Output image channels (1 for MNIST, 3 for stacked MNIST and colour images).
     pub channels: i64,
+    /// Output image side.
+    pub side: i64,
 }
 
-/// Three stride-2 5x5 convolutions with leaky ReLU, 28 -> 14 -> 7 -> 4, and a linear output.
-/// No batch norm: the gradient penalty is defined per sample.
+/// The critic. Paper: three stride-2 5x5 convolutions with leaky ReLU, 28 -> 14 -> 7 -> 4,
+/// and a linear output. DCGAN: see `dcgan`. No batch norm: the gradient penalty is defined
+/// per sample.
 pub struct Critic {
     pub params: ParamSet,
+    pub arch: Arch,
     pub dim: i64,
     /// Input image channels.
     pub channels: i64,
     slope: Tensor,
-    /// Spectral normalisation of each weight (conv1..3, fc), when enabled.
+    /// Spectral normalisation of each weight (every `*.weight`: the convolutions and fc, not
+    /// the biases), when enabled; in the order of `weights`.
     pub spectral: Option<Vec<spectral_norm::SpectralNorm>>,
+    /// Indices of the weights (not biases) in the parameter list.
+    weights: Vec<usize>,
     sn_iters: u32,
 }
 
-/// Indices of the critic's weights (not biases) in its parameter list.
-const CRITIC_WEIGHTS: [usize; 4] = [0, 2, 4, 6];
-
 impl Generator {
-    /// A generator of `channels`-channel images (the data set's: `Dataset::channels`), its
-    /// initial weights drawn from libtorch's global generator (seed it first).
-    pub fn new(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
+    /// A generator of `shape` images (the data set's), its initial weights drawn from
+    /// libtorch's global generator (seed it first). An error when `cfg.arch` does not make
+    /// images of that shape.
+    pub fn new(cfg: &ModelConfig, shape: ImageShape, device: Device) -> Result<Self> {
+        check_shape(cfg.arch, shape)?;
         let (d, l) = (cfg.dim, cfg.latent);
         let mut b = ParamBuilder::new(device);
-        b.uniform("fc.weight", &[4 * 4 * 4 * d, l], bound(l));
-        b.uniform("fc.bias", &[4 * 4 * 4 * d], bound(l));
-        // ConvTranspose2d's weight is (in, out, k, k); PyTorch takes fan_in = out * k * k.
-        for (name, cin, cout) in [("deconv1", 4 * d, 2 * d), ("deconv2", 2 * d, d), ("deconv3", d, channels)] {
-            b.uniform(&format!("{name}.weight"), &[cin, cout, 5, 5], bound(cout * 25));
-            b.uniform(&format!("{name}.bias"), &[cout], bound(cout * 25));
+        match cfg.arch {
+            Arch::Paper => {
+                b.uniform("fc.weight", &[4 * 4 * 4 * d, l], bound(l));
+                b.uniform("fc.bias", &[4 * 4 * 4 * d], bound(l));
+                // ConvTranspose2d's weight is (in, out, k, k); PyTorch takes fan_in = out * k * k.
+                for (name, cin, cout) in [("deconv1", 4 * d, 2 * d), ("deconv2", 2 * d, d), ("deconv3", d, shape.channels)] {
+                    b.uniform(&format!("{name}.weight"), &[cin, cout, 5, 5], bound(cout * 25));
+                    b.uniform(&format!("{name}.bias"), &[cout], bound(cout * 25));
+                }
+            }
+            Arch::Dcgan => dcgan::generator_params(&mut b, d, l, shape),
         }
-        Generator { params: b.build(), dim: d, latent: l, channels }
+        Ok(Generator { params: b.build(), arch: cfg.arch, dim: d, latent: l, channels: shape.channels, side: shape.side })
+    }
+
+    /// The shape of the images it makes.
+    pub fn shape(&self) -> ImageShape {
+        ImageShape { channels: self.channels, side: self.side }
     }
 
     /// The same network with weights of its own, equal to these; draws nothing.
@@ -135,6 +184,9 @@ impl Generator {
 
     pub fn forward(&self, z: &Tensor) -> Tensor {
         let p = &self.params.tensors;
+        if self.arch == Arch::Dcgan {
+            return dcgan::generator_forward(p, z);
+        }
         let d = self.dim;
         let deconv = |x: &Tensor, w: &Tensor, b: &Tensor| {
             x.conv_transpose2d(w, Some(b), [2, 2], [2, 2], [1, 1], 1, [1, 1])
@@ -148,30 +200,36 @@ impl Generator {
 }
 
 impl Critic {
-    /// A critic of `channels`-channel images (the data set's), its initial weights and
-    /// spectral-norm vectors drawn from libtorch's global generator (seed it first).
-    pub fn new(cfg: &ModelConfig, channels: i64, device: Device) -> Self {
+    /// A critic of `shape` images (the data set's), its initial weights and spectral-norm
+    /// vectors drawn from libtorch's global generator (seed it first). An error when
+    /// `cfg.arch` does not take images of that shape.
+    pub fn new(cfg: &ModelConfig, shape: ImageShape, device: Device) -> Result<Self> {
+        check_shape(cfg.arch, shape)?;
         let d = cfg.dim;
         let mut b = ParamBuilder::new(device);
-        for (name, cin, cout) in [("conv1", channels, d), ("conv2", d, 2 * d), ("conv3", 2 * d, 4 * d)] {
-            b.uniform(&format!("{name}.weight"), &[cout, cin, 5, 5], bound(cin * 25));
-            b.uniform(&format!("{name}.bias"), &[cout], bound(cin * 25));
+        match cfg.arch {
+            Arch::Paper => {
+                for (name, cin, cout) in [("conv1", shape.channels, d), ("conv2", d, 2 * d), ("conv3", 2 * d, 4 * d)] {
+                    b.uniform(&format!("{name}.weight"), &[cout, cin, 5, 5], bound(cin * 25));
+                    b.uniform(&format!("{name}.bias"), &[cout], bound(cin * 25));
+                }
+                b.uniform("fc.weight", &[1, 4 * 4 * 4 * d], bound(4 * 4 * 4 * d));
+                b.uniform("fc.bias", &[1], bound(4 * 4 * 4 * d));
+            }
+            Arch::Dcgan => dcgan::critic_params(&mut b, d, shape),
         }
-        b.uniform("fc.weight", &[1, 4 * 4 * 4 * d], bound(4 * 4 * 4 * d));
-        b.uniform("fc.bias", &[1], bound(4 * 4 * 4 * d));
         let slope = Tensor::from_slice(&[LEAKY_SLOPE as f32]).to_device(device);
         let params = b.build();
+        let weights: Vec<usize> = params.names.iter().enumerate().filter(|(_, n)| n.ends_with(".weight")).map(|(i, _)| i).collect();
         // Drawn after the weights, so that turning spectral norm on leaves the initial weights alone.
-        let spectral = cfg.spectral_norm.then(|| {
-            CRITIC_WEIGHTS.iter().map(|&i| spectral_norm::SpectralNorm::new(params.shapes[i][0], device)).collect()
-        });
-        Critic { params, dim: d, channels, slope, spectral, sn_iters: cfg.sn_power_iterations }
+        let spectral = cfg.spectral_norm.then(|| weights.iter().map(|&i| spectral_norm::SpectralNorm::new(params.shapes[i][0], device)).collect());
+        Ok(Critic { params, arch: cfg.arch, dim: d, channels: shape.channels, slope, spectral, weights, sn_iters: cfg.sn_power_iterations })
     }
 
     /// One round of power iteration per normalised weight (call once per update).
     pub fn power_iterate(&mut self) {
         if let Some(sn) = self.spectral.as_mut() {
-            for (s, &i) in sn.iter_mut().zip(&CRITIC_WEIGHTS) {
+            for (s, &i) in sn.iter_mut().zip(&self.weights) {
                 s.power_iterate(&self.params.tensors[i], self.sn_iters);
             }
         }
@@ -182,7 +240,7 @@ impl Critic {
     fn effective_params(&self) -> Vec<Tensor> {
         let mut p: Vec<Tensor> = self.params.tensors.iter().map(|t| t.shallow_clone()).collect();
         if let Some(sn) = &self.spectral {
-            for (s, &i) in sn.iter().zip(&CRITIC_WEIGHTS) {
+            for (s, &i) in sn.iter().zip(&self.weights) {
                 p[i] = s.normalized(&self.params.tensors[i]);
             }
         }
@@ -192,6 +250,9 @@ impl Critic {
     /// Returns (features of the last convolution, flattened; critic output per sample).
     pub fn forward_features(&self, x: &Tensor) -> (Tensor, Tensor) {
         let p = &self.effective_params();
+        if self.arch == Arch::Dcgan {
+            return dcgan::critic_forward_features(p, &self.slope, x);
+        }
         let conv = |x: &Tensor, w: &Tensor, b: &Tensor| x.conv2d(w, Some(b), [2, 2], [2, 2], [1, 1], 1);
         let x = conv(x, &p[0], &p[1]).prelu(&self.slope);
         let x = conv(&x, &p[2], &p[3]).prelu(&self.slope);
@@ -211,7 +272,7 @@ pub fn layer_of(param_name: &str) -> &str {
     param_name.split('.').next().unwrap_or(param_name)
 }
 
-/// Converts generator output in [-1, 1] to bytes 0..255, in (n, channels, 28, 28) order.
+/// Converts generator output in [-1, 1] to bytes 0..255, in (n, channels, side, side) order.
 pub fn to_bytes(images: &Tensor) -> Vec<u8> {
     // Rounded on the device: only bytes travel to the host.
     let t = images.detach().g_add_scalar(1.0).g_mul_scalar(127.5).round().clamp(0.0, 255.0).to_kind(Kind::Uint8);
@@ -226,8 +287,8 @@ mod tests {
     fn shapes_and_ranges() {
         tch::manual_seed(0);
         let cfg = ModelConfig { dim: 8, latent: 16, ..Default::default() };
-        let g = Generator::new(&cfg, 1, Device::Cpu);
-        let d = Critic::new(&cfg, 1, Device::Cpu);
+        let g = Generator::new(&cfg, ImageShape::MNIST, Device::Cpu).unwrap();
+        let d = Critic::new(&cfg, ImageShape::MNIST, Device::Cpu).unwrap();
         let x = g.forward(&Tensor::randn([3, 16], (Kind::Float, Device::Cpu)));
         assert_eq!(x.size(), vec![3, 1, 28, 28]);
         assert!(x.abs().max().double_value(&[]) <= 1.0);
@@ -239,8 +300,9 @@ mod tests {
     #[test]
     fn three_channel_networks_for_stacked_mnist() {
         let cfg = ModelConfig { dim: 4, latent: 8, ..ModelConfig::default() };
-        let g = Generator::new(&cfg, 3, Device::Cpu);
-        let d = Critic::new(&cfg, 3, Device::Cpu);
+        let stacked = ImageShape { channels: 3, side: 28 };
+        let g = Generator::new(&cfg, stacked, Device::Cpu).unwrap();
+        let d = Critic::new(&cfg, stacked, Device::Cpu).unwrap();
         let x = g.forward(&Tensor::randn([2, 8], (Kind::Float, Device::Cpu)));
         assert_eq!(x.size(), vec![2, 3, 28, 28]);
         assert_eq!(d.forward(&x).size(), vec![2]);
@@ -260,7 +322,7 @@ mod tests {
     #[test]
     fn parameters_are_views_of_the_flat_buffer() {
         tch::manual_seed(0);
-        let d = Critic::new(&ModelConfig { dim: 4, latent: 8, ..Default::default() }, 1, Device::Cpu);
+        let d = Critic::new(&ModelConfig { dim: 4, latent: 8, ..Default::default() }, ImageShape::MNIST, Device::Cpu).unwrap();
         let before = d.params.get("fc.bias").double_value(&[0]);
         tch::no_grad(|| {
             let _ = d.params.flat.shallow_clone().g_add_scalar_(1.0);
@@ -275,15 +337,16 @@ mod tests {
     /// (and so the initialisation) are the same as without it.
     #[test]
     fn spectral_norm_makes_each_critic_weight_1_lipschitz() {
-        let cfg = ModelConfig { dim: 4, latent: 8, spectral_norm: true, sn_power_iterations: 50 };
+        let cfg = ModelConfig { dim: 4, latent: 8, spectral_norm: true, sn_power_iterations: 50, arch: Arch::Paper };
         tch::manual_seed(5);
-        let mut d = Critic::new(&cfg, 1, Device::Cpu);
+        let mut d = Critic::new(&cfg, ImageShape::MNIST, Device::Cpu).unwrap();
         tch::manual_seed(5);
-        let plain = Critic::new(&ModelConfig { spectral_norm: false, ..cfg.clone() }, 1, Device::Cpu);
+        let plain = Critic::new(&ModelConfig { spectral_norm: false, ..cfg.clone() }, ImageShape::MNIST, Device::Cpu).unwrap();
         assert!(d.params.flat.equal(&plain.params.flat));
         d.power_iterate();
         let eff = d.effective_params();
-        for &i in &CRITIC_WEIGHTS {
+        assert_eq!(d.weights, vec![0, 2, 4, 6], "conv1..3 and fc, as checkpoints number them");
+        for &i in &d.weights {
             let (_, s, _) = eff[i].detach().flatten(1, -1).svd(true, true);
             let top = s.double_value(&[0]);
             assert!((top - 1.0).abs() < 1e-3, "weight {i}: top singular value {top}");
@@ -296,7 +359,7 @@ mod tests {
     fn initialisation_matches_pytorch_bounds() {
         // PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the sample max approaches the bound.
         tch::manual_seed(1);
-        let g = Generator::new(&ModelConfig { dim: 16, latent: 128, ..Default::default() }, 1, Device::Cpu);
+        let g = Generator::new(&ModelConfig { dim: 16, latent: 128, ..Default::default() }, ImageShape::MNIST, Device::Cpu).unwrap();
         let w = g.params.get("fc.weight");
         let b = 1.0 / 128f64.sqrt();
         let m = w.abs().max().double_value(&[]);

@@ -61,6 +61,8 @@ pub fn run(cfg: Config, opts: &RunOptions) -> Result<Outcome> {
     tracing::info!("{}", started.report);
     let comm: Rc<dyn Collective> = Rc::from(started.comm);
     let result = (|| {
+        // Rank 0 holds the run directory until the run ends: a second job on it is refused.
+        let _lock = (comm.rank() == 0).then(|| crate::run_lock::RunLock::take(&opts.run_dir)).transpose()?;
         let mut run = run::Run::start(cfg, opts, comm.clone(), started.device)?;
         let outcome = run.train()?;
         run.finish(outcome)

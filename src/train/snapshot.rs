@@ -294,7 +294,8 @@ pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Devic
         GeneratorWeights::Raw => false,
     };
     let name = |n: &str| if ema { names::ema(Net::Generator, n) } else { names::param(Net::Generator, n) };
-    let generator = Generator::new(&config.model, config.data.dataset.channels(), device);
+    let shape = crate::model::ImageShape { channels: config.data.dataset.channels(), side: crate::model::PAPER_SIDE };
+    let generator = Generator::new(&config.model, shape, device)?;
     let params = &generator.params;
     let shapes = params.names.iter().zip(&params.shapes).map(|(n, s)| (name(n), s.iter().map(|&d| d as usize).collect())).collect();
     let loaded = checkpoint::load(&dir, &shapes)?;

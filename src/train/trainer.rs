@@ -177,10 +177,10 @@ impl Trainer {
             bail!("data.batch_size = {global} is larger than the data set ({} images)", data.n);
         }
         let data = data.for_dataset(cfg.data.dataset, cfg.train.seed);
-        let channels = cfg.data.dataset.channels();
+        let shape = crate::model::ImageShape { channels: cfg.data.dataset.channels(), side: crate::model::PAPER_SIDE };
         seeds::seed_torch(cfg.train.seed, Stream::Init, 0);
-        let generator = Generator::new(&cfg.model, channels, device);
-        let critic = Critic::new(&cfg.model, channels, device);
+        let generator = Generator::new(&cfg.model, shape, device)?;
+        let critic = Critic::new(&cfg.model, shape, device)?;
         let mut nets = PerNet { critic: NetState::new(Net::Critic, &cfg, &critic.params.flat), generator: NetState::new(Net::Generator, &cfg, &generator.params.flat) };
         // The EMA is the generator's alone: its weights, and a copy of the generator on them.
         let ema_generator = cfg.ema.enabled().then(|| generator.copy());
@@ -411,11 +411,10 @@ impl Trainer {
         let mut buf = Tensor::cat(&parts, 0);
         let world = self.comm.world_size();
         let mut allreduce_bytes = 0;
-        if world > 1 {
+        if world > 1 || self.cfg.dist.force_reduce {
             allreduce_bytes = (buf.numel() * std::mem::size_of::<f32>()) as u64;
             let started = std::time::Instant::now();
-            self.comm.all_reduce_sum(&mut buf)?;
-            let _ = buf.g_div_scalar_(world as f64);
+            self.comm.all_reduce_mean(&mut buf)?;
             self.allreduce.record(started.elapsed().as_secs_f64(), allreduce_bytes);
         }
         Ok(Reduced {

@@ -4,8 +4,9 @@
 # cut, then every process killed) mid-run; the launcher notices, finds that only the first node
 # answers, and starts again there from the newest checkpoint with the same global batch. Since
 # gandist's result does not depend on the number of ranks and a resume is exact, the run must end
-# with the parameters of an uninterrupted 1-process run (within 1e-5 of each tensor's scale:
-# float32 summation order), and the launcher's log must say when it restarted, on which hosts and
+# with the parameters of an uninterrupted 1-process run (within 5e-5 of each tensor's scale:
+# float32 summation order, compounded over 60 iterations; measured 3.2e-6 on an AVX2 Xeon and
+# 1.30e-5 on an AVX-512 EPYC, so 5e-5 leaves room for other CPUs), and the launcher's log must say when it restarted, on which hosts and
 # from which step (the step gandist itself reports resuming from).
 #   0. Bad input to the launcher is refused with a clear message and exit status 2.
 #   1. mpirun mode: --hostfile with 2 slots on the first node and 1 on the second, global batch
@@ -74,7 +75,7 @@ check_restart() {
   grep -q "restart 2 of" "$run/elastic.log" && fail "more than one restart: $(cat "$run/elastic.log")"
   grep -q "finished after" "$run/elastic.log" || fail "the launcher did not log the end"
   python3 tests/system/lib/params_diff.py "$work/one-$batch/checkpoints/step-$(printf %09d $ITERS)" \
-    "$run/checkpoints/step-$(printf %09d $ITERS)" --tol 1e-5 || fail "the restarted run differs from an uninterrupted 1-process run"
+    "$run/checkpoints/step-$(printf %09d $ITERS)" --tol 5e-5 || fail "the restarted run differs from an uninterrupted 1-process run"
 }
 
 # Runs launch/elastic.sh with ARGS and expects exit status 2, a message containing WANT, and

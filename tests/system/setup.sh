@@ -22,7 +22,7 @@ keep=" python3 build-essential pkg-config curl iproute2 npm python3-venv "
 installed() { [ "$(dpkg-query -W -f='${Status}' "$1" 2>/dev/null)" = "install ok installed" ]; }
 essential() { [ "$(dpkg-query -W -f='${Essential}' "$1" 2>/dev/null)" = yes ]; }
 remove=()
-while IFS='|' read -r _ _ pkg; do
+while IFS='|' read -r _ _ pkg _; do
   case "$keep" in *" $pkg "*) continue ;; esac
   essential "$pkg" && continue
   installed "$pkg" && remove+=("$pkg")
@@ -64,6 +64,8 @@ for c in "slurmctld -V" "slurmd -V" "munged --version" "mungekey --version" "pro
   v="$($c 2>&1)" || { echo "FAIL: $c: $v"; exit 1; }
   echo "$c: ${v%%$'\n'*}"
 done
+v="$(bash -c '. /usr/share/modules/init/bash && module --version' 2>&1)" || { echo "FAIL: module: $v"; exit 1; }
+echo "module --version: ${v%%$'\n'*}"
 # The Slurm client reads a cluster's configuration even for --version: that it runs is enough.
 for c in sbatch srun scontrol squeue; do command -v "$c" >/dev/null || { echo "FAIL: no $c"; exit 1; }; done
 GANDIST_SETUP_CHECK=1 GANDIST_SETUP_ONLY=system bash launch/setup.sh

@@ -11,7 +11,8 @@
 # GRES on stand-in device files, so that the GPU batch script passes `sbatch --test-only`; jobs
 # that really run ask for --cpus-per-task=1 --overcommit and no GPU. KillWait is 5 s, and
 # slurm_stop cancels the cluster's jobs and waits for their processes before it stops the
-# daemons, so that a failed test leaves no job processes behind.
+# daemons, so that a failed test leaves no job processes behind. SLURM_MPI_DEFAULT sets
+# MpiDefault (default pmix; Slurm's own default is none).
 
 slurm_pids=()
 slurm_munge_dir=""
@@ -65,7 +66,7 @@ ProctrackType=proctrack/linuxproc
 TaskPlugin=task/none
 SelectType=select/cons_tres
 SelectTypeParameters=CR_Core
-MpiDefault=pmix
+MpiDefault=${SLURM_MPI_DEFAULT:-pmix}
 SchedulerParameters=batch_sched_delay=0,sched_min_interval=0
 MinJobAge=4
 KillWait=5
