@@ -329,13 +329,28 @@ pub struct EvalConfig {
     pub classifier: String,
     /// What each evaluation scores: "classifier-fid" (the MNIST classifier: FID, classes
     /// covered, ...), "inception-fid" (pytorch-fid's Inception FID) or "kid" (torch-fidelity's
-    /// KID), the last two against the training images' Inception features, cached.
+    /// KID), the last two against the training images' Inception features, cached. This key
+    /// and the two below are left out of the written text at their defaults, so that
+    /// configurations from before them hash as they did (`trajectory_hash`).
+    #[serde(skip_serializing_if = "EvalConfig::is_default_metric")]
     pub metric: String,
     /// pytorch-fid's weight file for the Inception metrics ("" = $GANDIST_INCEPTION_WEIGHTS,
     /// else torch hub's copy of pt_inception-2015-12-05-6726825d.pth).
+    #[serde(skip_serializing_if = "String::is_empty")]
     pub inception_weights: String,
     /// Training images the Inception reference is taken from (the first N; 0 = all).
+    #[serde(skip_serializing_if = "EvalConfig::is_default_reference_n")]
     pub reference_n: usize,
+}
+
+impl EvalConfig {
+    fn is_default_metric(m: &String) -> bool {
+        m == "classifier-fid"
+    }
+
+    fn is_default_reference_n(n: &usize) -> bool {
+        *n == 10_000
+    }
 }
 
 /// The values of `eval.metric`.

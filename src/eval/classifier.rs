@@ -86,7 +86,7 @@ impl Labelled {
             bail!("{} images but labels of shape {:?}", size[0], labels.size());
         }
         if size[0] > 0 {
-            let (lo, hi) = (labels.min().int64_value(&[]), labels.max().int64_value(&[]));
+            let (lo, hi) = (crate::hostread::scalar(&labels.min()) as i64, crate::hostread::scalar(&labels.max()) as i64);
             if lo < 0 || hi >= classes {
                 bail!("labels range over {lo}..={hi}: expected 0..{classes}");
             }

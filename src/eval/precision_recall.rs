@@ -48,7 +48,7 @@ fn coverage(probe: &Tensor, support: &Tensor, r: &Tensor) -> f64 {
     for s in (0..n).step_by(BLOCK as usize) {
         let rows = probe.narrow(0, s, BLOCK.min(n - s));
         let hit = distances(&rows, support).le_tensor(&r.unsqueeze(0)).any_dim(1, false);
-        inside += hit.sum(Kind::Int64).int64_value(&[]);
+        inside += crate::hostread::scalar(&hit.sum(Kind::Int64)) as i64;
     }
     inside as f64 / n as f64
 }
