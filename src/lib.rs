@@ -7,7 +7,7 @@
 //! `checkpoint` (the on-disk format), `samples`, `scalar_log` (metrics.jsonl: its schema and
 //! file), `seeds` (every random stream), `bench`, `metrics` (Prometheus registry and
 //! exporter), `plot` (PNG curves of the scalar log), `eval` (sample quality: classifier FID,
-//! coverage), `run_lock` (one job per run directory), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
+//! coverage; Inception FID as pytorch-fid, KID as torch-fidelity, precision/recall), `run_lock` (one job per run directory), `hostread` (the one, counted, place where tensor data reaches the host), `cpus`
 //! (the affinity mask and threads per rank), `logging` (timestamped, levelled log lines with
 //! the rank), `cli` (the command line: one module per command), `export` (the generator as
 //! TorchScript, ONNX and safetensors files), `npy` (NumPy .npy noise in, arrays out),

@@ -7,6 +7,7 @@ mod classifier;
 mod data;
 mod eval;
 mod export;
+mod fid;
 mod plot;
 mod sample;
 mod selftest;
@@ -38,6 +39,8 @@ enum Command {
     /// Sample quality of a checkpoint's generator or of an IDX file of samples: classifier-feature
     /// FID against the MNIST test set, class histogram and coverage, confidence.
     Eval(eval::Args),
+    /// Inception FID of two folders of images or .npz statistics, as pytorch-fid computes it (and KID, precision/recall).
+    Fid(fid::Args),
     /// The MNIST classifier that `eval` uses.
     Classifier {
         #[command(subcommand)]
@@ -83,6 +86,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Ablate(a) => ablate::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Fid(a) => fid::run(a),
         Command::Classifier { action } => classifier::run(action),
         Command::Data { action } => data::run(action),
         Command::Bench(a) => bench::run(a),

@@ -17,7 +17,7 @@ use crate::checkpoint;
 use crate::config::Config;
 use crate::data::{DeviceImages, Mnist, Split};
 use crate::collectives::Collective;
-use crate::eval::Evaluator;
+use crate::eval::RunEvaluator;
 use crate::scalar_log::{self as log, number, ScalarLog};
 use anyhow::{bail, Context, Result};
 use serde_json::{json, Map, Value};
@@ -38,7 +38,7 @@ pub struct Run<'a> {
     trainer: Trainer,
     monitor: Option<Monitor>,
     /// Rank 0's, when `eval.every > 0`.
-    evaluator: Option<Evaluator>,
+    evaluator: Option<RunEvaluator>,
     /// Rank 0's scalar log.
     log: Option<ScalarLog>,
     /// Rank 0's TensorBoard event file, with `[log] tensorboard`.
@@ -215,8 +215,7 @@ impl<'a> Run<'a> {
         // Rank 0's evaluator and files.
         let evaluator = match is_root && cfg.eval.every > 0 {
             true => {
-                let path = crate::eval::classifier::resolve_path((!cfg.eval.classifier.is_empty()).then(|| Path::new(&cfg.eval.classifier)), &opts.data_dir);
-                Some(Evaluator::load(&path, device).context("eval.every > 0 needs the MNIST classifier")?)
+                Some(RunEvaluator::load(&cfg.eval, &opts.data_dir, device).context("eval.every > 0")?)
             }
             false => None,
         };
@@ -360,6 +359,11 @@ impl<'a> Run<'a> {
         if let Some(q) = quality {
             if let Some(m) = &self.monitor {
                 m.metrics.set_eval_scores(step, number(&q, log::FID), number(&q, log::CLASSES_COVERED));
+                for name in crate::metrics::EVAL_SCORES {
+                    if let Some(v) = number(&q, name) {
+                        m.metrics.set_eval_score(name, v);
+                    }
+                }
             }
             record.extend(q);
         }
@@ -484,10 +488,10 @@ impl<'a> Run<'a> {
 
 /// Evaluates the evaluated generator (see `Trainer::evaluated_generator`) on `eval.n`
 /// samples, the same noise every time.
-fn evaluate(ev: &Evaluator, t: &Trainer, cfg: &Config) -> Result<Map<String, Value>> {
+fn evaluate(ev: &RunEvaluator, t: &Trainer, cfg: &Config) -> Result<Map<String, Value>> {
     let start = Instant::now();
     let images = crate::eval::generate(t.evaluated_generator(), cfg.eval.n, cfg.train.seed);
-    let mut m = ev.evaluate(&images)?.to_json();
+    let mut m = ev.evaluate(&images)?;
     m.insert(log::EVAL_SECONDS.into(), json!(start.elapsed().as_secs_f64()));
     Ok(m)
 }
