@@ -28,6 +28,25 @@ pub struct Config {
     pub health: HealthConfig,
     pub faults: FaultConfig,
     pub eval: EvalConfig,
+    /// Left out of the written configuration at its default, so that configurations from
+    /// before it hash as they did.
+    #[serde(skip_serializing_if = "LogConfig::is_default")]
+    pub log: LogConfig,
+}
+
+/// Where a run's logs go besides metrics.jsonl (which is always written).
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// TensorBoard event files in the run directory (`tensorboard --logdir RUN_DIR`): every
+    /// logged scalar, the sample grids, per-layer gradient norms; rank 0 writes them.
+    pub tensorboard: bool,
+}
+
+impl LogConfig {
+    pub fn is_default(&self) -> bool {
+        *self == LogConfig::default()
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -429,7 +448,34 @@ pub struct EvalConfig {
     pub n: usize,
     /// Classifier file ("" = classifier.safetensors in the MNIST folder).
     pub classifier: String,
+    /// What each evaluation scores: "classifier-fid" (the MNIST classifier: FID, classes
+    /// covered, ...), "inception-fid" (pytorch-fid's Inception FID) or "kid" (torch-fidelity's
+    /// KID), the last two against the training images' Inception features, cached. This key
+    /// and the two below are left out of the written text at their defaults, so that
+    /// configurations from before them hash as they did (`trajectory_hash`).
+    #[serde(skip_serializing_if = "EvalConfig::is_default_metric")]
+    pub metric: String,
+    /// pytorch-fid's weight file for the Inception metrics ("" = $GANDIST_INCEPTION_WEIGHTS,
+    /// else torch hub's copy of pt_inception-2015-12-05-6726825d.pth).
+    #[serde(skip_serializing_if = "String::is_empty")]
+    pub inception_weights: String,
+    /// Training images the Inception reference is taken from (the first N; 0 = all).
+    #[serde(skip_serializing_if = "EvalConfig::is_default_reference_n")]
+    pub reference_n: usize,
 }
+
+impl EvalConfig {
+    fn is_default_metric(m: &String) -> bool {
+        m == "classifier-fid"
+    }
+
+    fn is_default_reference_n(n: &usize) -> bool {
+        *n == 10_000
+    }
+}
+
+/// The values of `eval.metric`.
+pub const EVAL_METRICS: [&str; 3] = ["classifier-fid", "inception-fid", "kid"];
 
 impl Default for EmaConfig {
     fn default() -> Self {
@@ -552,7 +598,7 @@ impl Default for MetricsConfig {
 
 impl Default for EvalConfig {
     fn default() -> Self {
-        EvalConfig { every: 0, n: 1000, classifier: String::new() }
+        EvalConfig { every: 0, n: 1000, classifier: String::new(), metric: "classifier-fid".into(), inception_weights: String::new(), reference_n: 10_000 }
     }
 }
 
@@ -706,6 +752,7 @@ impl Config {
             "an IP address such as \"127.0.0.1\" or \"0.0.0.0\"",
         )?;
         check(self.eval.n >= 2, "eval.n", self.eval.n, "at least 2 (the Frechet distance needs a covariance)")?;
+        check(EVAL_METRICS.contains(&self.eval.metric.as_str()), "eval.metric", format!("{:?}", self.eval.metric), "one of \"classifier-fid\", \"inception-fid\", \"kid\"")?;
         Ok(())
     }
 
@@ -732,6 +779,7 @@ impl Config {
         c.health = HealthConfig::default();
         c.ema.use_for_samples = true;
         c.eval = EvalConfig::default();
+        c.log = LogConfig::default();
         c
     }
 
@@ -923,6 +971,7 @@ mod tests {
             ("metrics.host=localhost", "metrics.host"),
             ("metrics.port_base=70000", "port_base"),
             ("eval.n=1", "eval.n"),
+            ("eval.metric=\"fid\"", "eval.metric"),
         ] {
             let e = err("", &[o]);
             assert!(e.contains(field), "{o}: {e}");
@@ -970,6 +1019,7 @@ mod tests {
         b.train.iterations += 10;
         b.train.device = DeviceChoice::Cpu;
         b.eval.every = 7;
+        b.log.tensorboard = true;
         assert_eq!(a.trajectory_hash(), b.trajectory_hash());
         assert!(a.trajectory_differences(&b).is_empty());
         b.critic.lr *= 2.0;

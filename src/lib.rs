@@ -16,10 +16,14 @@
 //!   (all-reduce and broadcast over MPI, NCCL or one process; the backend choice; launchers
 //!   that started copies MPI did not join).
 //! - `sink`: the one interface of every reader of a run, and the typed records they get;
-//!   `eval` (sample quality: classifier FID, coverage) reports to it.
+//!   `eval` (sample quality: classifier FID, coverage; Inception FID as pytorch-fid, KID as
+//!   torch-fidelity, precision/recall) reports to it.
 //! - the readers: `scalar_log` (metrics.jsonl: its file and keys), `metrics` (Prometheus
-//!   registry and exporter), `plot` (PNG curves of the scalar log), `sink::progress`.
+//!   registry and exporter), `tensorboard` (event files: scalars, images, restarts), `plot`
+//!   (PNG curves of the scalar log), `sink::progress`.
 //! - `train`: the trainer (phases as data, one state per network, typed figures) and the run.
+//! - `npy` (NumPy .npy noise in, arrays out), `export` (the generator as TorchScript, ONNX and
+//!   safetensors files).
 //! - commands: `bench`, `ablation` (`gandist ablate`), `cli` (the command line: one module per
 //!   command).
 
@@ -33,6 +37,7 @@ pub mod data;
 pub mod device;
 pub mod collectives;
 pub mod eval;
+pub mod export;
 pub mod fsutil;
 pub mod health;
 pub mod hostread;
@@ -40,6 +45,7 @@ pub mod logging;
 pub mod metrics;
 pub mod model;
 pub mod net;
+pub mod npy;
 pub mod objective;
 pub mod optim;
 pub mod plot;
@@ -50,6 +56,7 @@ pub mod scalar_log;
 pub mod seeds;
 pub mod sink;
 pub mod timing;
+pub mod tensorboard;
 pub mod train;
 
 /// The libtorch version this build is made for (tch 0.24 checks it at build time).

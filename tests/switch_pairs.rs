@@ -1,8 +1,8 @@
 //! Every pair of the switches that change a training step, as tiny CPU runs: an all-pairs
 //! covering (tests/pairwise) of loss kind, penalty kind and laziness, label smoothing, norm
 //! and value clipping, feature matching, historical averaging, L2, weight clipping, spectral
-//! norm, EMA, TTUR, optimizer, data set, the forced reduction at world size 1 and world size
-//! (2 = real mpirun). Each row trains 4
+//! norm, EMA, TTUR, optimizer, data set, TensorBoard, the evaluation metric, the forced
+//! reduction at world size 1 and world size (2 = real mpirun). Each row trains 4
 //! iterations with a checkpoint at 2 and 4, and must end with finite parameters and no skipped
 //! update; resumed from step 2 it must reach the same state at step 4, bit for bit; and
 //! `sample` and `eval` must work on its checkpoint. The rows are printed before they run.
@@ -64,6 +64,16 @@ const FACTORS: &[Factor] = &[
     Factor { name: "ttur", levels: &[OFF, ("on", &["critic.lr=4e-4", "generator.lr=1e-4"])] },
     Factor { name: "optim", levels: &[("adam", &[]), ("sgd", &["critic.optimizer=sgd", "generator.optimizer=sgd"])] },
     Factor { name: "data", levels: &[("mnist", &[]), ("stacked", &["data.dataset=\"stacked-mnist\""])] },
+    Factor { name: "tensorboard", levels: &[OFF, ("on", &["log.tensorboard=true"])] },
+    // Every row evaluates at step 4 (see `EVAL`); this picks what it scores.
+    Factor {
+        name: "eval",
+        levels: &[
+            ("classifier-fid", &[]),
+            ("inception-fid", &["eval.metric=\"inception-fid\""]),
+            ("kid", &["eval.metric=\"kid\""]),
+        ],
+    },
     Factor { name: "force-reduce", levels: &[OFF, ("on", &["dist.force_reduce=true"])] },
     Factor { name: "ranks", levels: &[("1", &[]), ("2", &[])] },
 ];
@@ -86,6 +96,39 @@ const BASE: &[&str] = &[
     "train.log_every=2",
 ];
 
+/// What every row's evaluation needs: the classifier, a random-weight Inception file (pytorch-fid's
+/// architecture, written by tests/reference/random_inception_weights.py) and a reference cache
+/// shared by the rows. Two generated images against 8 training images keep the Inception
+/// passes to a few seconds a row.
+struct Eval {
+    classifier: PathBuf,
+    weights: PathBuf,
+    cache: PathBuf,
+}
+
+static EVAL: std::sync::OnceLock<Eval> = std::sync::OnceLock::new();
+
+fn eval_sets() -> Vec<String> {
+    let e = EVAL.get().expect("set before the rows run");
+    vec![
+        "eval.every=4".into(),
+        "eval.n=2".into(),
+        "eval.reference_n=8".into(),
+        format!("eval.classifier=\"{}\"", e.classifier.display()),
+        format!("eval.inception_weights=\"{}\"", e.weights.display()),
+    ]
+}
+
+/// The key of a row's evaluation in metrics.jsonl.
+fn eval_key(row: &[usize]) -> &'static str {
+    let i = FACTORS.iter().position(|f| f.name == "eval").unwrap();
+    match FACTORS[i].levels[row[i]].0 {
+        "inception-fid" => "inception_fid",
+        "kid" => "kid",
+        _ => "fid",
+    }
+}
+
 fn ranks(row: &[usize]) -> usize {
     if FACTORS.last().unwrap().levels[row[FACTORS.len() - 1]].0 == "2" { 2 } else { 1 }
 }
@@ -100,15 +143,16 @@ fn train(row: &[usize], run: &Path, resume: bool) -> Command {
         1 => Command::new(bin()),
         n => {
             let mut c = Command::new("mpirun");
-            c.args(["-n", &n.to_string(), "--oversubscribe"]).env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").arg(bin());
+            c.args(["-n", &n.to_string(), "--oversubscribe", "-x", "GANDIST_CACHE"]).env("OMPI_ALLOW_RUN_AS_ROOT", "1").env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1").arg(bin());
             c
         }
     };
     c.args(["train", "--config", smoke_config().to_str().unwrap(), "--data", mnist_dir().to_str().unwrap(), "--run-dir", run.to_str().unwrap()]);
     let sets = BASE.iter().chain(FACTORS.iter().zip(row).flat_map(|(f, &l)| f.levels[l].1.iter()));
-    for s in sets {
-        c.args(["--set", s]);
+    for s in sets.map(|s| s.to_string()).chain(eval_sets()) {
+        c.args(["--set", &s]);
     }
+    c.env("GANDIST_CACHE", &EVAL.get().unwrap().cache);
     if resume {
         c.args(["--resume", "auto"]);
     }
@@ -138,9 +182,12 @@ fn check_row(row: &[usize], dir: &Path, classifier: &Path) {
     assert_eq!(last["step"].as_u64(), Some(4), "{what}");
     assert_eq!(last["skipped_updates"].as_u64(), Some(0), "{what}: {last:?}");
     assert_eq!(last["world_size"].as_u64(), Some(ranks(row) as u64), "{what}");
-    for k in ["d_loss", "g_loss"] {
+    for k in ["d_loss", "g_loss", eval_key(row)] {
         assert!(last[k].as_f64().is_some_and(f64::is_finite), "{what}: {k} in {last:?}");
     }
+    // TensorBoard: one event file, rank 0's, when on.
+    let event_files = std::fs::read_dir(&straight).unwrap().flatten().filter(|e| e.file_name().to_string_lossy().contains("tfevents")).count();
+    assert_eq!(event_files, what.contains("tensorboard=on") as usize, "{what}: event files");
 
     // Resumed from step 2, the run reaches the same state at step 4.
     let resumed = dir.join("resumed");
@@ -197,6 +244,11 @@ fn every_pair_of_step_switches_trains_resumes_samples_and_evaluates() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let classifier = classifier(tmp.path());
+    let weights = tmp.path().join("inception-random.pth");
+    let venv = std::env::var_os("GANDIST_TORCH_VENV").map(PathBuf::from).expect("GANDIST_TORCH_VENV (source launch/env.sh)");
+    let o = Command::new(venv.join("bin/python")).arg(repo().join("tests/reference/random_inception_weights.py")).arg(&weights).output().unwrap();
+    assert!(o.status.success(), "random Inception weights: {}", text(&o));
+    let _ = EVAL.set(Eval { classifier: classifier.clone(), weights, cache: tmp.path().join("cache") });
     // Two rows at a time (each process uses one thread); after a failure no new row starts.
     let queue = std::sync::Mutex::new(rows.iter().enumerate().collect::<std::collections::VecDeque<_>>());
     let failed = std::sync::atomic::AtomicBool::new(false);

@@ -1,9 +1,14 @@
-//! `gandist eval`: sample quality of a checkpoint's generator or of an IDX file of samples.
+//! `gandist eval`: sample quality of a checkpoint's generator or of an IDX file of samples:
+//! the MNIST classifier's scores (the default), or with `--metric` Inception FID, KID and
+//! precision/recall against a data set (`--reference`, else the MNIST training images,
+//! featurised once and cached).
 
 use super::Weights;
 use crate::data::mnist;
-use crate::eval::{self, classifier as cls, Evaluator};
+use crate::eval::inception_metrics::{self as im, InceptionEvaluator, Metric, Reference};
+use crate::eval::{self, classifier as cls, features, inception, stats_file, Evaluator};
 use anyhow::{bail, Result};
+use serde_json::Value;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -35,6 +40,34 @@ pub struct Args {
     /// to the last digit: the thread count changes the summation order.
     #[arg(long, default_value_t = 0)]
     threads: i32,
+    /// What to score, comma-separated: classifier-fid (gandist's MNIST classifier: FID,
+    /// classes covered, KL, confidence), inception-fid (pytorch-fid's), kid (torch-fidelity's),
+    /// precision-recall (k = 3).
+    #[arg(long, value_enum, value_delimiter = ',', default_value = "classifier-fid")]
+    metric: Vec<EvalMetric>,
+    /// The real images the Inception metrics compare against: a folder of images or a
+    /// pytorch-fid .npz (inception-fid only). Default: the first --reference-n MNIST training
+    /// images of --data, featurised once and cached ($GANDIST_CACHE/inception-reference).
+    #[arg(long)]
+    reference: Option<PathBuf>,
+    /// MNIST training images in the default reference (0 = all 60,000).
+    #[arg(long, default_value_t = 10_000)]
+    reference_n: usize,
+    /// pytorch-fid's weight file (default: $GANDIST_INCEPTION_WEIGHTS, else torch hub's copy).
+    #[arg(long, value_name = "FILE")]
+    inception_weights: Option<PathBuf>,
+    /// Images per Inception forward pass.
+    #[arg(long, default_value_t = features::BATCH)]
+    batch_size: usize,
+}
+
+/// The scores `--metric` names.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum EvalMetric {
+    ClassifierFid,
+    InceptionFid,
+    Kid,
+    PrecisionRecall,
 }
 
 pub fn run(a: Args) -> Result<ExitCode> {
@@ -65,11 +98,45 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         (None, None) => bail!("give --checkpoint or --samples"),
     };
-    let path = cls::resolve_path(a.classifier.as_deref(), &data_dir);
-    let evaluator = Evaluator::load(&path, device)?;
-    let report = evaluator.evaluate(&images)?;
+    let inception: Vec<Metric> = a
+        .metric
+        .iter()
+        .filter_map(|m| match m {
+            EvalMetric::ClassifierFid => None,
+            EvalMetric::InceptionFid => Some(Metric::InceptionFid),
+            EvalMetric::Kid => Some(Metric::Kid),
+            EvalMetric::PrecisionRecall => Some(Metric::PrecisionRecall),
+        })
+        .collect();
+    let mut json = serde_json::Map::new();
     println!("{source}");
-    print!("{}", report.table());
-    println!("{}", serde_json::Value::Object(report.to_json()));
+    if a.metric.contains(&EvalMetric::ClassifierFid) {
+        let path = cls::resolve_path(a.classifier.as_deref(), &data_dir);
+        let evaluator = Evaluator::load(&path, device)?;
+        let report = evaluator.evaluate(&images)?;
+        print!("{}", report.table());
+        json.extend(report.to_json());
+    }
+    if !inception.is_empty() {
+        let weights = inception::resolve_weights(a.inception_weights.as_deref(), "")?;
+        let net = inception::FidInception::load(&weights, device)?;
+        if !net.published {
+            tracing::warn!("{} is not the published pytorch-fid weight file: the values are not comparable with published figures", weights.display());
+        }
+        let reference = match &a.reference {
+            Some(p) if stats_file::is_stats(p) => Reference::from_stats(p)?,
+            Some(p) if p.is_dir() => Reference::from_folder(&net, p, a.batch_size)?,
+            Some(p) => bail!("--reference {}: expected a folder of images or a .npz statistics file", p.display()),
+            None => im::mnist_reference(&net, &data_dir, a.reference_n, a.batch_size)?,
+        };
+        println!("reference: {}", reference.label);
+        let ev = InceptionEvaluator::new(net, reference, inception, a.batch_size)?;
+        let scores = ev.evaluate(&images)?;
+        for (k, v) in &scores {
+            println!("{k:<20} {v}");
+        }
+        json.extend(scores);
+    }
+    println!("{}", Value::Object(json));
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,8 @@ mod checkpoint;
 mod classifier;
 mod data;
 mod eval;
+mod export;
+mod fid;
 mod plot;
 mod sample;
 mod selftest;
@@ -29,6 +31,8 @@ enum Command {
     Train(train::Args),
     /// Generate samples from a checkpoint's generator.
     Sample(sample::Args),
+    /// Export a checkpoint's generator as TorchScript, ONNX or safetensors (docs/export.md).
+    Export(export::Args),
     /// Train every configuration in a folder for its fixed budget and write a report.
     Ablate(ablate::Args),
     /// Write PNG plots of a run's losses and gradient norms (from its metrics.jsonl) into RUN_DIR/plots.
@@ -36,6 +40,8 @@ enum Command {
     /// Sample quality of a checkpoint's generator or of an IDX file of samples: classifier-feature
     /// FID against the MNIST test set, class histogram and coverage, confidence.
     Eval(eval::Args),
+    /// Inception FID of two folders of images or .npz statistics, as pytorch-fid computes it (and KID, precision/recall).
+    Fid(fid::Args),
     /// The MNIST classifier that `eval` uses.
     Classifier {
         #[command(subcommand)]
@@ -82,9 +88,11 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
     match cli.command {
         Command::Train(a) => train::run(a),
         Command::Sample(a) => sample::run(a),
+        Command::Export(a) => export::run(a),
         Command::Ablate(a) => ablate::run(a),
         Command::Plot(a) => plot::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Fid(a) => fid::run(a),
         Command::Classifier { action } => classifier::run(action),
         Command::Data { action } => data::run(action),
         Command::Bench(a) => bench::run(a),

@@ -5,6 +5,7 @@ use anyhow::{bail, Result};
 use tch::{Kind, Tensor};
 
 /// Mean and covariance of a set of feature vectors, in float64 on the CPU.
+#[derive(Debug)]
 pub struct Gaussian {
     /// (d,)
     pub mean: Tensor,
@@ -52,6 +53,55 @@ pub fn trace_sqrt_product(s1: &Tensor, s2: &Tensor) -> f64 {
     let m = (&m + m.transpose(0, 1)) * 0.5;
     let (vals, _) = m.linalg_eigh("L");
     crate::hostread::scalar(&vals.clamp_min(0.0).sqrt().sum(Kind::Double))
+}
+
+/// tr sqrt(S1 S2) as `trace_sqrt_product`, with the smallest eigenvalue of S1^1/2 S2 S1^1/2
+/// (below zero only by rounding for covariances; further below for a matrix that is not one).
+fn trace_sqrt_product_and_min(s1: &Tensor, s2: &Tensor) -> (f64, f64) {
+    let s1 = crate::hostread::to_cpu(s1).to_kind(Kind::Double);
+    let s2 = crate::hostread::to_cpu(s2).to_kind(Kind::Double);
+    let r = sqrt_psd(&s1);
+    let m = r.matmul(&s2).matmul(&r);
+    let m = (&m + m.transpose(0, 1)) * 0.5;
+    let vals = m.linalg_eigvalsh("L");
+    let trace = crate::hostread::scalar(&vals.clamp_min(0.0).sqrt().sum(Kind::Double));
+    (trace, crate::hostread::scalar(&vals.min()))
+}
+
+/// pytorch-fid's `calculate_frechet_distance` (eps 1e-6): ||mu1 - mu2||^2 + tr(S1) + tr(S2)
+/// - 2 tr sqrtm(S1 S2), not clamped. The trace of the matrix square root is the sum of the
+/// square roots of the eigenvalues of S1 S2, which are those of S1^1/2 S2 S1^1/2; a symmetric
+/// eigensolver finds them (scipy's Schur-based `sqrtm` gives the same trace to rounding). As
+/// there: when the result is not finite, eps is added to both diagonals and it is computed
+/// again; an eigenvalue below zero beyond rounding (its root's imaginary part over 1e-3, the
+/// `np.allclose(..., atol=1e-3)` test on the root's diagonal) is an error, "Imaginary
+/// component". The mean and covariance are used as given (float64).
+pub fn pytorch_fid_distance(a: &Gaussian, b: &Gaussian) -> Result<f64> {
+    const EPS: f64 = 1e-6;
+    if a.mean.size() != b.mean.size() {
+        bail!("Training and test mean vectors have different lengths ({:?} and {:?})", a.mean.size(), b.mean.size());
+    }
+    if a.cov.size() != b.cov.size() {
+        bail!("Training and test covariances have different dimensions ({:?} and {:?})", a.cov.size(), b.cov.size());
+    }
+    let to64 = |t: &Tensor| crate::hostread::to_cpu(t).to_kind(Kind::Double);
+    let (s1, s2) = (to64(&a.cov), to64(&b.cov));
+    let diff = to64(&a.mean) - to64(&b.mean);
+    let (mut tr_covmean, mut min_eig) = trace_sqrt_product_and_min(&s1, &s2);
+    if !tr_covmean.is_finite() {
+        tracing::warn!("fid calculation produces singular product; adding {EPS} to diagonal of cov estimates");
+        let offset = Tensor::eye(s1.size()[0], (Kind::Double, tch::Device::Cpu)) * EPS;
+        (tr_covmean, min_eig) = trace_sqrt_product_and_min(&(&s1 + &offset), &(&s2 + &offset));
+    }
+    if min_eig < 0.0 && (-min_eig).sqrt() > 1e-3 {
+        bail!("Imaginary component {}: a covariance is not positive semi-definite (smallest eigenvalue of S1^1/2 S2 S1^1/2 is {min_eig})", (-min_eig).sqrt());
+    }
+    let s = crate::hostread::scalar;
+    let d = s(&diff.dot(&diff)) + s(&s1.trace()) + s(&s2.trace()) - 2.0 * tr_covmean;
+    if !d.is_finite() {
+        bail!("the Frechet distance is not finite ({d}): the statistics hold non-finite values");
+    }
+    Ok(d)
 }
 
 /// ||m1 - m2||^2 + tr(S1) + tr(S2) - 2 tr sqrt(S1 S2), clamped at 0 against rounding.

@@ -1,10 +1,21 @@
-//! Sample quality: a classifier-feature Frechet distance (FID computed on the penultimate
-//! layer of gandist's own MNIST classifier, not Inception: not comparable with published
+//! Sample quality. The quick one for MNIST: a classifier-feature Frechet distance (FID on the
+//! penultimate layer of gandist's own MNIST classifier, not comparable with published
 //! Inception FIDs), class histogram, classes covered, KL to uniform and confidence, and the
-//! stacked-MNIST mode count of the mode-collapse literature.
+//! stacked-MNIST mode count of the mode-collapse literature. The ones papers report, for any
+//! images: Inception FID as pytorch-fid computes it (`inception`, `features`, `frechet`,
+//! `stats_file`, `image_folder`, `torch_file`), KID as torch-fidelity computes it (`kid`),
+//! and precision/recall (`precision_recall`), with reference features cached by data set (`inception_metrics`).
 
 pub mod classifier;
+pub mod features;
 pub mod frechet;
+pub mod image_folder;
+pub mod inception;
+pub mod inception_metrics;
+pub mod kid;
+pub mod precision_recall;
+pub mod stats_file;
+pub mod torch_file;
 
 use crate::data::mnist::SIDE;
 use crate::model::Generator;
@@ -181,8 +192,13 @@ impl Evaluator {
 
     /// Evaluates images (n, 1 or 3, 28, 28) in [-1, 1]. With 3 channels each channel is
     /// classified as a digit: the digit metrics and the FID use all 3n channel images, and
-    /// the stacked-MNIST mode metrics use the triples.
+    /// the stacked-MNIST mode metrics use the triples. A classifier trained on another
+    /// labelled set (`Classifier::train_on`) takes images of its own shape.
     pub fn evaluate(&self, images: &Tensor) -> Result<Report> {
+        let shape = self.classifier.shape;
+        if shape != classifier::Shape::MNIST {
+            return self.evaluate_domain(images, shape);
+        }
         let size = images.size();
         if size.len() != 4 || size[2] != SIDE as i64 || size[3] != SIDE as i64 {
             bail!("samples have shape {size:?}: expected (n, channels, {SIDE}, {SIDE})");
@@ -214,6 +230,84 @@ impl Evaluator {
             stacked,
         })
     }
+
+    /// Images of a domain classifier's shape: the same scores over its classes (a class is
+    /// covered with a tenth of the uniform share, as for MNIST's 10).
+    fn evaluate_domain(&self, images: &Tensor, shape: classifier::Shape) -> Result<Report> {
+        let size = images.size();
+        let want = [shape.channels, shape.height, shape.width];
+        if size.len() != 4 || size[1..] != want {
+            bail!("samples have shape {size:?}: the classifier takes (n, {}, {}, {})", want[0], want[1], want[2]);
+        }
+        if size[0] < 2 {
+            bail!("{} sample(s): the Frechet distance needs at least 2", size[0]);
+        }
+        let out = self.classifier.outputs(images);
+        let fid = frechet::frechet_distance(&Gaussian::of_features(&out.features)?, &self.reference)?;
+        let (top, labels) = out.probs.max_dim(-1, false);
+        let hist = histogram(&crate::hostread::vec_i64(&labels)?, shape.classes as usize);
+        Ok(Report {
+            n: size[0] as usize,
+            fid,
+            classes_covered: covered(&hist, 0.1 / shape.classes as f64),
+            kl_uniform: kl_to_uniform(&hist),
+            confidence: crate::hostread::scalar(&top.mean(Kind::Double)),
+            histogram: hist,
+            stacked: None,
+        })
+    }
+}
+
+/// What a run evaluates with during training, per `[eval] metric`.
+pub enum RunEvaluator {
+    Classifier(Evaluator),
+    Inception(inception_metrics::InceptionEvaluator),
+}
+
+impl RunEvaluator {
+    /// The classifier, or the Inception network and the training images' reference features
+    /// (computed once per data set and weight file, then read from the cache).
+    pub fn load(cfg: &crate::config::EvalConfig, data_dir: &Path, device: Device) -> Result<RunEvaluator> {
+        use inception_metrics::{InceptionEvaluator, Metric};
+        let metric = match cfg.metric.as_str() {
+            "classifier-fid" => {
+                let path = classifier::resolve_path((!cfg.classifier.is_empty()).then(|| Path::new(&cfg.classifier)), data_dir);
+                return Ok(RunEvaluator::Classifier(Evaluator::load(&path, device).context("eval.metric = \"classifier-fid\" needs the MNIST classifier")?));
+            }
+            "inception-fid" => Metric::InceptionFid,
+            "kid" => Metric::Kid,
+            other => bail!("eval.metric = {other:?}: expected one of {:?}", crate::config::EVAL_METRICS),
+        };
+        let weights = inception::resolve_weights(None, &cfg.inception_weights)
+            .with_context(|| format!("eval.metric = {:?} needs pytorch-fid's Inception weights", cfg.metric))?;
+        let net = inception::FidInception::load(&weights, device)?;
+        let reference = inception_metrics::mnist_reference(&net, data_dir, cfg.reference_n, features::BATCH)?;
+        tracing::info!("eval: {} against {}", metric.name(), reference.label);
+        Ok(RunEvaluator::Inception(InceptionEvaluator::new(net, reference, vec![metric], features::BATCH)?))
+    }
+
+    /// Scores of generated images in [-1, 1], as named metrics under their metrics.jsonl keys.
+    pub fn evaluate(&self, images: &Tensor) -> Result<Vec<Metric>> {
+        match self {
+            RunEvaluator::Classifier(e) => Ok(e.evaluate(images)?.to_metrics()),
+            RunEvaluator::Inception(e) => Ok(metrics_of_json(&e.evaluate(images)?)),
+        }
+    }
+}
+
+/// Flat key/value pairs as named metrics: whole numbers as counts, other numbers as reals,
+/// arrays of whole numbers as histograms (anything else has no place among metrics).
+pub fn metrics_of_json(m: &Map<String, Value>) -> Vec<Metric> {
+    m.iter()
+        .filter_map(|(name, v)| {
+            let value = match v {
+                Value::Number(n) => n.as_u64().map(MetricValue::Count).or_else(|| n.as_f64().map(MetricValue::Real))?,
+                Value::Array(a) => MetricValue::Counts(a.iter().map(Value::as_u64).collect::<Option<_>>()?),
+                _ => return None,
+            };
+            Some(Metric { name: name.clone(), value })
+        })
+        .collect()
 }
 
 impl Report {
@@ -247,7 +341,8 @@ impl Report {
         let mut s = String::new();
         s.push_str(&format!("samples              {}\n", self.n));
         s.push_str(&format!("classifier FID       {:.4}\n", self.fid));
-        s.push_str(&format!("classes covered      {} of 10 (>= {:.0}% of samples each)\n", self.classes_covered, COVERAGE_SHARE * 100.0));
+        let k = self.histogram.len();
+        s.push_str(&format!("classes covered      {} of {k} (>= {}% of samples each)\n", self.classes_covered, 10.0 / k as f64));
         s.push_str(&format!("KL(classes||uniform) {:.4} nats\n", self.kl_uniform));
         s.push_str(&format!("mean confidence      {:.4}\n", self.confidence));
         if let Some(st) = &self.stacked {

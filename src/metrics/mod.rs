@@ -66,7 +66,11 @@ pub struct Metrics {
     eval_classes_covered: Gauge,
     eval_step: Gauge,
     eval_metric: GaugeVec,
+    eval_score: GaugeVec,
 }
+
+/// The Inception-feature scores exported as `gandist_eval_score{metric=...}`.
+pub const EVAL_SCORES: [&str; 3] = ["inception_fid", "kid", "kid_std"];
 
 impl Metrics {
     /// A registry whose every series is labelled with `rank`, with the process collector.
@@ -109,10 +113,14 @@ impl Metrics {
             eval_classes_covered: gauge("gandist_eval_classes_covered", "Digit classes a classifier finds among generated images at the last evaluation (NaN before one).")?,
             eval_step: gauge("gandist_eval_step", "Generator step of the last evaluation (NaN before one).")?,
             eval_metric: gauges("gandist_eval_metric", "Every scalar metric of the last evaluation, by its name in metrics.jsonl.", &["metric"])?,
+            eval_score: gauges("gandist_eval_score", "Inception-feature score of generated to real images at the last evaluation, by metric (inception_fid, kid, kid_std; NaN before one).", &["metric"])?,
             registry: registry.clone(),
         };
         for g in [&m.eval_fid, &m.eval_classes_covered, &m.eval_step] {
             g.set(f64::NAN);
+        }
+        for s in EVAL_SCORES {
+            m.eval_score.with_label_values(&[s]).set(f64::NAN);
         }
         // Counters that may stay at zero still appear, so that rates and alerts have series.
         for net in Net::ALL {
@@ -205,6 +213,11 @@ impl Metrics {
     /// For the gradient-health detector: its current verdict on one network.
     pub fn set_gradient_health(&self, net: Net, state: GradientHealth) {
         self.gradient_health.with_label_values(&[net.as_str()]).set(health_value(state));
+    }
+
+    /// For the evaluation: one Inception-feature score (a name of `EVAL_SCORES`).
+    pub fn set_eval_score(&self, metric: &str, value: f64) {
+        self.eval_score.with_label_values(&[metric]).set(value);
     }
 
     /// For the evaluation: scores computed at generator step `step` (None leaves one unchanged).
@@ -382,6 +395,7 @@ pub(crate) mod tests {
             ("gandist_eval_fid", "gauge"),
             ("gandist_eval_classes_covered", "gauge"),
             ("gandist_eval_step", "gauge"),
+            ("gandist_eval_score", "gauge"),
             ("process_resident_memory_bytes", "gauge"),
             ("process_cpu_seconds_total", "counter"),
         ] {
@@ -423,5 +437,8 @@ pub(crate) mod tests {
         assert_eq!(sample(&text, "gandist_eval_fid", &[]), Some(12.5));
         assert!(sample(&text, "gandist_eval_classes_covered", &[]).unwrap().is_nan());
         assert_eq!(sample(&text, "gandist_eval_step", &[]), Some(100.0));
+        assert!(sample(&text, "gandist_eval_score", &[("metric", "kid")]).unwrap().is_nan());
+        m.set_eval_score("kid", 0.25);
+        assert_eq!(sample(&m.encode().unwrap(), "gandist_eval_score", &[("metric", "kid")]), Some(0.25));
     }
 }

@@ -115,11 +115,17 @@ impl Sink for Monitor {
         Ok(())
     }
 
-    /// An evaluation's metrics: every scalar as `gandist_eval_metric{metric}`, and the
-    /// classifier FID and coverage in their own gauges too (the dashboard's).
+    /// An evaluation's metrics: every scalar as `gandist_eval_metric{metric}`, the classifier
+    /// FID and coverage in their own gauges too (the dashboard's), and the Inception-feature
+    /// scores as `gandist_eval_score{metric}`.
     fn log(&mut self, record: &StepRecord) -> Result<()> {
         if let Some(e) = &record.eval {
             self.metrics.set_eval_scores(e.step, e.scalar(keys::FID), e.scalar(keys::CLASSES_COVERED));
+            for name in super::EVAL_SCORES {
+                if let Some(v) = e.scalar(name) {
+                    self.metrics.set_eval_score(name, v);
+                }
+            }
             for (name, value) in e.scalars() {
                 self.metrics.set_eval_metric(name, value);
             }

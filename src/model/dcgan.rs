@@ -33,7 +33,7 @@ pub const MAX_SIDE: i64 = 256;
 /// Kernel size of every (transposed) convolution: stride 2 and padding 1 double or halve the side.
 const K: i64 = 4;
 /// Pixel norm's epsilon, as in Karras et al.
-const PIXEL_NORM_EPS: f64 = 1e-8;
+pub const PIXEL_NORM_EPS: f64 = 1e-8;
 /// Widths stop doubling at this multiple of `dim`.
 const MAX_WIDTH_FACTOR: i64 = 8;
 

@@ -17,7 +17,7 @@ use crate::checkpoint;
 use crate::collectives::Collective;
 use crate::config::Config;
 use crate::data::{DeviceImages, Mnist, Split};
-use crate::eval::Evaluator;
+use crate::eval::RunEvaluator;
 use crate::metrics::Monitor;
 use crate::scalar_log::{self, ScalarLog};
 use crate::sink::progress::Progress;
@@ -42,7 +42,7 @@ pub struct Run<'a> {
     /// line and the plots.
     sinks: Sinks,
     /// Rank 0's, when `eval.every > 0`.
-    evaluator: Option<Evaluator>,
+    evaluator: Option<RunEvaluator>,
     stop: StopSignal,
     fixed_noise: Tensor,
     /// Start of the current rate window: (time, step).
@@ -206,15 +206,15 @@ fn resume(trainer: &mut Trainer, resume: Option<&Resume>, ckpt_root: &Path, is_r
     Ok(from)
 }
 
-/// Rank 0's evaluator, when `eval.every > 0`.
-fn load_evaluator(cfg: &Config, opts: &RunOptions, device: Device) -> Result<Evaluator> {
-    let path = crate::eval::classifier::resolve_path((!cfg.eval.classifier.is_empty()).then(|| Path::new(&cfg.eval.classifier)), &opts.data_dir);
-    Evaluator::load(&path, device).context("eval.every > 0 needs the MNIST classifier")
+/// Rank 0's evaluator (`eval.metric`), when `eval.every > 0`.
+fn load_evaluator(cfg: &Config, opts: &RunOptions, device: Device) -> Result<RunEvaluator> {
+    RunEvaluator::load(&cfg.eval, &opts.data_dir, device).context("eval.every > 0")
 }
 
 /// Rank 0's readers that write into the run directory (after the resolved configuration,
-/// config.toml): the scalar log, the progress line, the plots at the end. Every rank's own
-/// exporter comes first, when there is one. A new reader is one more line here.
+/// config.toml): the scalar log, the TensorBoard event file with `log.tensorboard`, the
+/// progress line, the plots at the end. Every rank's own exporter comes first, when there is
+/// one. A new reader is one more line here.
 fn sinks(cfg: &Config, opts: &RunOptions, monitor: Option<Monitor>, is_root: bool) -> Result<Sinks> {
     let mut sinks = Sinks::default();
     if let Some(m) = monitor {
@@ -224,6 +224,9 @@ fn sinks(cfg: &Config, opts: &RunOptions, monitor: Option<Monitor>, is_root: boo
         let config = opts.run_dir.join("config.toml");
         std::fs::write(&config, cfg.to_toml()).with_context(|| format!("cannot write {}", config.display()))?;
         sinks.push(ScalarLog::open(&opts.run_dir.join(scalar_log::FILE_NAME))?);
+        if cfg.log.tensorboard {
+            sinks.push(crate::tensorboard::sink::TensorBoard::default());
+        }
         sinks.push(Progress::new(std::io::stderr().is_terminal()));
         sinks.push(crate::plot::Plots { run_dir: opts.run_dir.clone() });
     }
@@ -459,10 +462,10 @@ impl<'a> Run<'a> {
 
 /// Evaluates the evaluated generator (see `Trainer::evaluated_generator`) on `eval.n`
 /// samples, the same noise every time.
-fn evaluate(ev: &Evaluator, t: &Trainer) -> Result<EvalReport> {
+fn evaluate(ev: &RunEvaluator, t: &Trainer) -> Result<EvalReport> {
     let start = Instant::now();
     let cfg = t.config();
     let images = crate::eval::generate(t.evaluated_generator(), cfg.eval.n, cfg.train.seed);
-    let metrics = ev.evaluate(&images)?.to_metrics();
+    let metrics = ev.evaluate(&images)?;
     Ok(EvalReport { step: t.counters().step, seconds: start.elapsed().as_secs_f64(), metrics })
 }
