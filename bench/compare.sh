@@ -29,7 +29,7 @@ for b in $batches; do
   ours=(); theirs=()
   for r in $(seq "$rounds"); do
     o=$("$GANDIST" bench --device "$device" --batch "$b" --iters "$iters" --warmup 2 \
-        --set model.dim="$dim" --set train.threads="$threads" | grep -o '[0-9.]* images/s' | cut -d' ' -f1)
+        --set critic.width="$dim" --set generator.width="$dim" --set train.threads="$threads" | grep -o '[0-9.]* images/s' | cut -d' ' -f1)
     t=$("$PYTHON" bench/reference.py --device "$device" --batch "$b" --iters "$iters" --warmup 2 \
         --dim "$dim" --threads "$threads" | grep -o 'images/s [0-9.]*' | cut -d' ' -f2)
     echo "batch $b round $r: gandist $o images/s, pytorch $t images/s"

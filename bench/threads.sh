@@ -12,6 +12,8 @@ old="$1"; new="$2"; rounds="${3:-3}"; iters="${4:-5}"; dim="${DIM:-64}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 . "$here/../launch/env.sh"
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+# model.dim, the old name of critic.width and generator.width: binaries from before and after
+# the [critic]/[generator] tables both read it (the newer ones with a warning).
 args=(bench --batch 64 --iters "$iters" --warmup 1 --set "model.dim=$dim")
 echo "model.dim $dim, batch 64, $iters iterations after 1 warm-up; machine: $(uname -m), $(nproc) cores ($(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | xargs)); $(date -u +%FT%TZ); load $(cut -d' ' -f1-3 /proc/loadavg)"
 declare -A all

@@ -24,9 +24,10 @@
 #   - restarts are used up: no restart;
 #   - every host still answers and the attempt wrote no new checkpoint: no restart (the same
 #     failure would only repeat, e.g. a bad configuration);
-#   - otherwise restart on the hosts that answer, from the newest checkpoint, with as many ranks
-#     as they have slots, lowered to the largest number that divides the global batch
-#     (data.batch_size, read from that checkpoint's configuration).
+#   - otherwise restart on the hosts that answer, from the newest usable checkpoint, with as many
+#     ranks as they have slots, lowered to the largest number that divides the global batch
+#     (data.batch_size). Both come from `gandist checkpoint latest` with the run's --config and
+#     --set: the checkpoint `--resume auto` will take, found by the same code.
 # Each start, failure and restart is logged, with the time, the hosts and the step, to stderr
 # and to RUN_DIR/elastic.log.
 #
@@ -63,10 +64,13 @@ done
 train_args=("$@")
 
 run_dir=""
+config_args=()  # the run's --config and --set, for `gandist checkpoint latest`
 for ((i = 0; i < ${#train_args[@]}; i++)); do
   case "${train_args[i]}" in
     --run-dir) run_dir="${train_args[i + 1]:-}" ;;
     --run-dir=*) run_dir="${train_args[i]#--run-dir=}" ;;
+    --config|--set) config_args+=("${train_args[i]}" "${train_args[i + 1]:-}") ;;
+    --config=*|--set=*) config_args+=("${train_args[i]}") ;;
     --resume) [ "${train_args[i + 1]:-}" = auto ] || die "--resume ${train_args[i + 1]:-}: the launcher resumes from the newest checkpoint itself (--resume auto); leave --resume out" ;;
     --resume=*) [ "${train_args[i]}" = --resume=auto ] || die "${train_args[i]}: the launcher resumes from the newest checkpoint itself; leave --resume out" ;;
   esac
@@ -134,26 +138,22 @@ probe_all() {
   for i in "${!hosts[@]}"; do wait "${pids[i]}" && alive_idx+=("$i"); done
 }
 
-# newest_step / newest_dir: the newest complete checkpoint (both files present), or none.
+# newest_step / newest_dir: the checkpoint `gandist train --resume auto` will resume from
+# (empty: none), and batch: the run's global batch (empty: unknown). gandist answers with the
+# code --resume auto uses (`gandist checkpoint latest`, docs/distributed.md); when it cannot
+# (a bad configuration, no usable checkpoint) its reason goes to stderr and the attempt, which
+# would fail the same way, reports it.
 newest_checkpoint() {
-  local d s
-  newest_step="" newest_dir=""
-  for d in "$run_dir"/checkpoints/step-*; do
-    [ -f "$d/state.safetensors" ] && [ -f "$d/meta.json" ] || continue
-    s="${d##*/step-}"
-    [[ "$s" =~ ^[0-9]+$ ]] || continue
-    s=$((10#$s))
-    if [ -z "$newest_step" ] || [ "$s" -gt "$newest_step" ]; then newest_step="$s" newest_dir="$d"; fi
-  done
-}
-
-# The global batch of the run, from the newest checkpoint's configuration (empty if unknown).
-global_batch() {
-  [ -n "$newest_dir" ] || return 0
-  python3 - "$newest_dir/meta.json" 2>/dev/null <<'EOF' || true
-import json, sys, tomllib
-print(tomllib.loads(json.load(open(sys.argv[1]))["config"])["data"]["batch_size"])
-EOF
+  local answer key value
+  newest_step="" newest_dir="" batch=""
+  answer="$("$GANDIST" checkpoint latest --run-dir "$run_dir" "${config_args[@]}")" || return 0
+  while IFS='=' read -r key value; do
+    case "$key" in
+      checkpoint) newest_dir="$value" ;;
+      step) newest_step="$value" ;;
+      batch_size) batch="$value" ;;
+    esac
+  done <<<"$answer"
 }
 
 mkdir -p "$run_dir" || die "cannot create run directory $run_dir"
@@ -181,7 +181,6 @@ while :; do
   for i in "${!hosts[@]}"; do [[ " ${alive_idx[*]} " == *" $i "* ]] || lost+=("${hosts[i]}"); done
   newest_checkpoint
   ranks=$capacity
-  batch="$(global_batch)"
   if [[ "$batch" =~ ^[1-9][0-9]*$ ]]; then
     while [ $((batch % ranks)) != 0 ]; do ranks=$((ranks - 1)); done
   fi

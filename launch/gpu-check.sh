@@ -75,7 +75,7 @@ else
   # The same rows through the CPU: two MPI ranks for the self-test, tiny sizes, one thread;
   # runs on one device agree bit for bit there.
   DEV=cpu; SELFTEST_RANKS=2; BACKEND=mpi; BATCHES="8 16 32"; BENCH_ITERS=1; BENCH_WARMUP=1
-  BENCH_SETS=(--set model.dim=4 --set train.threads=1); REF_ARGS=(--dim 4 --threads 1); SAME_DEVICE_TOL=0
+  BENCH_SETS=(--set critic.width=4 --set generator.width=4 --set train.threads=1); REF_ARGS=(--dim 4 --threads 1); SAME_DEVICE_TOL=0
 fi
 
 rows=()

@@ -32,7 +32,7 @@ rc = subprocess.run(sys.argv[2:]).returncode
 u = resource.getrusage(resource.RUSAGE_CHILDREN)
 open(sys.argv[1], "w").write(f"{u.ru_utime + u.ru_stime}\n")
 sys.exit(rc)' "$run.cpu" "$BIN" train --config configs/smoke.toml --data "$DATA" --run-dir "$run" \
-    --set model.dim=16 --set model.latent=64 --set data.batch_size=32 --set train.threads=1 \
+    --set critic.width=16 --set generator.width=16 --set model.latent=64 --set data.batch_size=32 --set train.threads=1 \
     --set train.iterations="$iterations" --set train.log_every=10 --set train.sample_every=100000 \
     --set train.checkpoint_every=100000 --set metrics.enabled=$metrics --set metrics.port_base=0 "$@" \
     >"$run.log" 2>&1 &

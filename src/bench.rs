@@ -89,7 +89,7 @@ pub fn run(mut cfg: Config, comm: Rc<dyn Collective>, device: Device, warmup: u6
         t.iteration()?;
     }
     t.sync()?;
-    t.allreduce = AllReduceStats::default();
+    t.reset_allreduce_stats();
     let (reads_before, staged_before) = (crate::hostread::count(), crate::hostread::staged());
     let start = Instant::now();
     for _ in 0..iterations {
@@ -99,8 +99,8 @@ pub fn run(mut cfg: Config, comm: Rc<dyn Collective>, device: Device, warmup: u6
     // The one read of a sync step waits for the device to finish the timed work.
     let synced = t.sync()?;
     let seconds = start.elapsed().as_secs_f64();
-    if let Some((_, s)) = synced.iter().find(|(_, s)| s.skipped) {
-        anyhow::bail!("a timed update was skipped (non-finite gradient): {s:?}");
+    if let Some(u) = synced.iter().flat_map(|it| it.critic.iter().chain([&it.generator])).find(|u| u.skipped) {
+        anyhow::bail!("a timed update was skipped (non-finite gradient): {u:?}");
     }
     let images = (cfg.data.batch_size as u64 * cfg.train.n_critic * iterations) as f64;
     Ok(BenchResult {
@@ -112,8 +112,8 @@ pub fn run(mut cfg: Config, comm: Rc<dyn Collective>, device: Device, warmup: u6
         updates_per_iteration: cfg.train.n_critic + 1,
         world_size,
         threads: tch::get_num_threads(),
-        params: (t.generator.params.numel(), t.critic.params.numel()),
-        allreduce: t.allreduce,
+        params: t.param_counts(),
+        allreduce: t.allreduce_stats(),
         host_reads,
         staged_reads,
     })

@@ -117,6 +117,11 @@ pub fn read_meta(dir: &Path) -> Result<Meta> {
 /// Float32 tensors by name, as host vectors with shapes.
 pub type TensorMap = BTreeMap<String, (Vec<usize>, Vec<f32>)>;
 
+/// Where a run directory keeps its checkpoints.
+pub fn checkpoints_dir(run_dir: &Path) -> PathBuf {
+    run_dir.join("checkpoints")
+}
+
 pub fn dir_name(step: u64) -> String {
     format!("step-{step:09}")
 }

@@ -1,6 +1,13 @@
 //! The TOML configuration: schema with defaults, `--set a.b=v` overrides, and validation that
-//! names the offending field and what it expects.
+//! names the offending field and what it expects. Each network's settings are a table of their
+//! own, `[critic]` and `[generator]`; the keys they replaced (`optim.lr_d`, `clip.max_norm_g`,
+//! `model.dim`, ...) still work for a release, with a warning naming the new key (`legacy`).
+//! Two configurations are the same run when their `trajectory` parts are equal, whichever keys
+//! wrote them.
 
+mod legacy;
+
+use crate::net::Net;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -10,14 +17,13 @@ use std::path::Path;
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
     pub model: ModelConfig,
+    pub critic: CriticConfig,
+    pub generator: GeneratorConfig,
     pub data: DataConfig,
     pub loss: LossConfig,
-    pub optim: OptimConfig,
-    pub clip: ClipConfig,
     pub train: TrainConfig,
     pub dist: DistConfig,
     pub metrics: MetricsConfig,
-    pub regularize: RegularizeConfig,
     pub ema: EmaConfig,
     pub health: HealthConfig,
     pub faults: FaultConfig,
@@ -46,14 +52,8 @@ impl LogConfig {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ModelConfig {
-    /// Base channel width (the paper's DIM).
-    pub dim: i64,
     /// Size of the generator's noise input.
     pub latent: i64,
-    /// Spectral normalisation of the critic's weights (Miyato et al. 2018).
-    pub spectral_norm: bool,
-    /// Power-iteration steps per update for spectral normalisation.
-    pub sn_power_iterations: u32,
     /// The networks: the paper's 28 x 28 ones, or the DCGAN family that scales with
     /// data.resolution and data.channels. Left out of the written configuration when it is
     /// the paper's, so that configurations from before this key hash as they did.
@@ -77,6 +77,91 @@ impl Arch {
     pub fn is_paper(&self) -> bool {
         *self == Arch::Paper
     }
+}
+
+/// The critic: its optimizer, its width and Lipschitz constraints, the penalty and label
+/// smoothing of its loss, and what acts on its reduced gradient and parameters.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct CriticConfig {
+    pub optimizer: OptimKind,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Base channel width (the paper's DIM).
+    pub width: i64,
+    /// Spectral normalisation of the critic's weights (Miyato et al. 2018).
+    pub spectral_norm: bool,
+    /// Power-iteration steps per update for spectral normalisation.
+    pub sn_power_iterations: u32,
+    /// Which gradient penalty the critic loss carries.
+    pub penalty: PenaltyKind,
+    /// Weight of the penalty (0 disables it).
+    pub penalty_weight: f64,
+    /// Lazy regularisation: apply the penalty every k critic updates with weight k * penalty_weight.
+    pub penalty_every: u64,
+    pub label_smoothing: LabelSmoothing,
+    /// L2 regularisation lambda ||theta||^2 (weight decay as a gradient term; 0 = off).
+    pub l2: f64,
+    /// Historical averaging weight lambda in lambda ||theta - mean of past theta||^2 (0 = off).
+    pub hist_avg: f64,
+    /// Global L2-norm threshold of the reduced gradient (0 = no clipping).
+    pub clip_norm: f64,
+    /// Clamp each element of the gradient to [-v, v] (0 = off); before norm clipping.
+    pub clip_value: f64,
+    /// Original WGAN: clamp every critic parameter to [-c, c] after each step (0 = off).
+    pub weight_clip: f64,
+}
+
+/// The generator: its optimizer, its width, the terms of its loss, and what acts on its
+/// reduced gradient. (Its EMA is `[ema]`.)
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct GeneratorConfig {
+    pub optimizer: OptimKind,
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+    /// Base channel width (the paper's DIM).
+    pub width: i64,
+    /// Weight of the adversarial term (0 with feature matching = pure feature matching).
+    pub adversarial: f64,
+    /// Weight of the feature-matching term (0 = off).
+    pub feature_matching: f64,
+    /// L2 regularisation weight (0 = off).
+    pub l2: f64,
+    /// Historical averaging weight (0 = off).
+    pub hist_avg: f64,
+    /// Global L2-norm threshold of the reduced gradient (0 = no clipping).
+    pub clip_norm: f64,
+    /// Clamp each element of the gradient to [-v, v] (0 = off); before norm clipping.
+    pub clip_value: f64,
+}
+
+/// A network's optimizer, as `optim::Optimizer` takes it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct OptimizerSettings {
+    pub kind: OptimKind,
+    /// The learning rate before any rollback's scaling.
+    pub lr: f64,
+    pub beta1: f64,
+    pub beta2: f64,
+    pub eps: f64,
+}
+
+/// What the update of either network does after the reduction (0 = off): the same fields for
+/// both, read from `[critic]` or `[generator]` by `Config::net`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct NetSettings {
+    pub optimizer: OptimizerSettings,
+    pub l2: f64,
+    pub hist_avg: f64,
+    pub clip_norm: f64,
+    pub clip_value: f64,
+    /// The critic's alone (the original WGAN constrains the critic only); 0 for the generator.
+    pub weight_clip: f64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -130,7 +215,7 @@ impl LossKind {
     }
 }
 
-/// Which gradient penalty the critic loss carries (weight `loss.gp_lambda`).
+/// Which gradient penalty the critic loss carries (weight `critic.penalty_weight`).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 #[serde(rename_all = "kebab-case")]
 pub enum PenaltyKind {
@@ -159,17 +244,8 @@ pub enum LabelSmoothing {
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct LossConfig {
+    /// The game both networks play; each network's own terms are in its table.
     pub kind: LossKind,
-    /// Weight of the gradient penalty chosen by `penalty` (0 disables it).
-    pub gp_lambda: f64,
-    pub penalty: PenaltyKind,
-    /// Lazy regularisation: apply the penalty every k critic updates with weight k * gp_lambda.
-    pub penalty_every: u64,
-    pub label_smoothing: LabelSmoothing,
-    /// Weight of the feature-matching term in the generator loss (0 = off).
-    pub feature_matching: f64,
-    /// Weight of the adversarial term in the generator loss (0 with feature matching = pure FM).
-    pub g_adversarial: f64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -178,44 +254,6 @@ pub enum OptimKind {
     Adam,
     /// Plain SGD: its step scales with the gradient, so norm clipping bounds it (Adam's does not).
     Sgd,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct OptimConfig {
-    pub kind: OptimKind,
-    pub lr_g: f64,
-    pub lr_d: f64,
-    pub beta1: f64,
-    pub beta2: f64,
-    pub eps: f64,
-}
-
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct ClipConfig {
-    /// Global L2-norm threshold for the critic's gradient (0 = no clipping).
-    pub max_norm_d: f64,
-    /// Global L2-norm threshold for the generator's gradient (0 = no clipping).
-    pub max_norm_g: f64,
-    /// Clamp each element of the critic's gradient to [-v, v] (0 = off); before norm clipping.
-    pub value_d: f64,
-    /// Same for the generator.
-    pub value_g: f64,
-}
-
-/// Parameter regularisers that act on the (rank-identical) parameters, and WGAN weight clipping.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-#[serde(deny_unknown_fields, default)]
-pub struct RegularizeConfig {
-    /// Historical averaging weight lambda in lambda ||theta - mean of past theta||^2, critic (0 = off).
-    pub hist_avg_d: f64,
-    pub hist_avg_g: f64,
-    /// L2 regularisation lambda ||theta||^2 (weight decay as a gradient term), critic (0 = off).
-    pub l2_d: f64,
-    pub l2_g: f64,
-    /// Original WGAN: clamp every critic parameter to [-c, c] after each step (0 = off).
-    pub weight_clip: f64,
 }
 
 /// Exponential moving average of the generator's weights.
@@ -251,8 +289,8 @@ pub struct TrainConfig {
     pub iterations: u64,
     pub n_critic: u64,
     pub seed: u64,
-    /// "auto" (cuda when available), "cpu", "cuda" or "cuda:N".
-    pub device: String,
+    /// "auto" (cuda when available), "cpu", "cuda" or "cuda:N"; parsed when read.
+    pub device: DeviceChoice,
     /// CPU threads for libtorch (0 = libtorch's default).
     pub threads: i32,
     pub log_every: u64,
@@ -268,6 +306,61 @@ pub struct TrainConfig {
     /// After SIGTERM/SIGINT the ranks finish the iteration, checkpoint and exit; a process
     /// still running this many seconds after the signal exits at once.
     pub stop_grace_seconds: f64,
+}
+
+/// Where a rank computes, `train.device`: parsed once, when the configuration is read, and
+/// resolved to a libtorch device at start (`crate::device::select`), where CUDA's presence is
+/// known.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(try_from = "String", into = "String")]
+pub enum DeviceChoice {
+    /// CUDA when libtorch sees a GPU (the rank's node-local one), else the CPU.
+    #[default]
+    Auto,
+    Cpu,
+    /// The rank's node-local GPU; an error without one.
+    Cuda,
+    /// This GPU (as this process numbers its visible GPUs).
+    CudaIndex(usize),
+}
+
+impl std::str::FromStr for DeviceChoice {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        match s {
+            "auto" => Ok(DeviceChoice::Auto),
+            "cpu" => Ok(DeviceChoice::Cpu),
+            "cuda" => Ok(DeviceChoice::Cuda),
+            s => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+                Some(Ok(i)) => Ok(DeviceChoice::CudaIndex(i)),
+                _ => Err(format!("{s:?} is not a device: expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\"")),
+            },
+        }
+    }
+}
+
+impl TryFrom<String> for DeviceChoice {
+    type Error = String;
+    fn try_from(s: String) -> std::result::Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<DeviceChoice> for String {
+    fn from(d: DeviceChoice) -> String {
+        d.to_string()
+    }
+}
+
+impl std::fmt::Display for DeviceChoice {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DeviceChoice::Auto => f.write_str("auto"),
+            DeviceChoice::Cpu => f.write_str("cpu"),
+            DeviceChoice::Cuda => f.write_str("cuda"),
+            DeviceChoice::CudaIndex(i) => write!(f, "cuda:{i}"),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -299,6 +392,15 @@ pub struct DistConfig {
     #[serde(skip_serializing_if = "std::ops::Not::not")]
     pub force_reduce: bool,
 }
+
+/// Port of local rank 0's exporter unless `metrics.port_base` says otherwise; local rank r
+/// serves on 19400 + r. Outside 9100-9999, the range Prometheus's list of default exporter
+/// ports has filled (dcgm-exporter takes 9400 on GPU nodes, node_exporter 9100), and away
+/// from the services of a GPU node: Slurm (6817-6820), DCGM's host engine (5555), Ray (6379,
+/// 8265, 10001), TensorBoard (6006), Jupyter (8888), Grafana (3000), OTLP (4317, 4318),
+/// PyTorch's rendezvous (29400) and master (29500) ports; and below Linux's ephemeral range
+/// (32768-60999), where a listener can collide with an outgoing connection's port.
+pub const DEFAULT_PORT_BASE: u16 = 19400;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
@@ -375,12 +477,6 @@ impl EvalConfig {
 /// The values of `eval.metric`.
 pub const EVAL_METRICS: [&str; 3] = ["classifier-fid", "inception-fid", "kid"];
 
-impl Default for RegularizeConfig {
-    fn default() -> Self {
-        RegularizeConfig { hist_avg_d: 0.0, hist_avg_g: 0.0, l2_d: 0.0, l2_g: 0.0, weight_clip: 0.0 }
-    }
-}
-
 impl Default for EmaConfig {
     fn default() -> Self {
         EmaConfig { half_life_steps: 0.0, half_life_images: 0.0, use_for_samples: true }
@@ -407,7 +503,52 @@ impl Default for HealthConfig {
 
 impl Default for ModelConfig {
     fn default() -> Self {
-        ModelConfig { dim: 64, latent: 128, spectral_norm: false, sn_power_iterations: 1, arch: Arch::Paper }
+        ModelConfig { latent: 128, arch: Arch::Paper }
+    }
+}
+
+/// The paper's WGAN-GP critic: Adam (0.5, 0.9) at 1e-4, width 64, the two-sided penalty at 10.
+impl Default for CriticConfig {
+    fn default() -> Self {
+        CriticConfig {
+            optimizer: OptimKind::Adam,
+            lr: 1e-4,
+            beta1: 0.5,
+            beta2: 0.9,
+            eps: 1e-8,
+            width: 64,
+            spectral_norm: false,
+            sn_power_iterations: 1,
+            penalty: PenaltyKind::TwoSided,
+            penalty_weight: 10.0,
+            penalty_every: 1,
+            label_smoothing: LabelSmoothing::None,
+            l2: 0.0,
+            hist_avg: 0.0,
+            clip_norm: 0.0,
+            clip_value: 0.0,
+            weight_clip: 0.0,
+        }
+    }
+}
+
+/// The paper's WGAN-GP generator: Adam (0.5, 0.9) at 1e-4, width 64, the adversarial loss alone.
+impl Default for GeneratorConfig {
+    fn default() -> Self {
+        GeneratorConfig {
+            optimizer: OptimKind::Adam,
+            lr: 1e-4,
+            beta1: 0.5,
+            beta2: 0.9,
+            eps: 1e-8,
+            width: 64,
+            adversarial: 1.0,
+            feature_matching: 0.0,
+            l2: 0.0,
+            hist_avg: 0.0,
+            clip_norm: 0.0,
+            clip_value: 0.0,
+        }
     }
 }
 
@@ -419,27 +560,7 @@ impl Default for DataConfig {
 
 impl Default for LossConfig {
     fn default() -> Self {
-        LossConfig {
-            kind: LossKind::Wgan,
-            gp_lambda: 10.0,
-            penalty: PenaltyKind::TwoSided,
-            penalty_every: 1,
-            label_smoothing: LabelSmoothing::None,
-            feature_matching: 0.0,
-            g_adversarial: 1.0,
-        }
-    }
-}
-
-impl Default for OptimConfig {
-    fn default() -> Self {
-        OptimConfig { kind: OptimKind::Adam, lr_g: 1e-4, lr_d: 1e-4, beta1: 0.5, beta2: 0.9, eps: 1e-8 }
-    }
-}
-
-impl Default for ClipConfig {
-    fn default() -> Self {
-        ClipConfig { max_norm_d: 0.0, max_norm_g: 0.0, value_d: 0.0, value_g: 0.0 }
+        LossConfig { kind: LossKind::Wgan }
     }
 }
 
@@ -449,7 +570,7 @@ impl Default for TrainConfig {
             iterations: 200_000,
             n_critic: 5,
             seed: 0,
-            device: "auto".into(),
+            device: DeviceChoice::Auto,
             threads: 0,
             log_every: 100,
             sample_every: 1000,
@@ -471,7 +592,7 @@ impl Default for DistConfig {
 
 impl Default for MetricsConfig {
     fn default() -> Self {
-        MetricsConfig { enabled: false, host: "127.0.0.1".into(), port_base: crate::metrics::DEFAULT_PORT_BASE, sd_dir: String::new() }
+        MetricsConfig { enabled: false, host: "127.0.0.1".into(), port_base: DEFAULT_PORT_BASE, sd_dir: String::new() }
     }
 }
 
@@ -483,6 +604,7 @@ impl Default for EvalConfig {
 
 impl Config {
     /// Reads a TOML file, applies `section.key=value` overrides, and validates the result.
+    /// Each old key (see `legacy`) is warned about once, naming its new key.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read config file {}", path.display()))?;
@@ -490,18 +612,67 @@ impl Config {
             .with_context(|| format!("invalid config file {}", path.display()))
     }
 
+    /// Like `load`, from the text of a file.
     pub fn from_toml_str(text: &str, overrides: &[String]) -> Result<Config> {
-        let mut value: toml::Value = toml::from_str(text)?;
-        for o in overrides {
-            apply_override(&mut value, o)?;
+        let (config, renamed) = Self::parse(text, overrides)?;
+        // Every rank parses the same configuration: one warning per key, from rank 0.
+        if crate::logging::rank_from_env().unwrap_or(0) == 0 {
+            for r in renamed {
+                tracing::warn!("{r}");
+            }
         }
-        let config: Config = value.try_into()?;
-        config.validate()?;
         Ok(config)
+    }
+
+    /// The configuration a checkpoint or run directory embeds, old keys and all, without
+    /// warnings: the user did not type it.
+    pub fn from_embedded(text: &str) -> Result<Config> {
+        Ok(Self::parse(text, &[])?.0)
+    }
+
+    /// Parses, migrates old keys (the file's, then each override's in order, so that a later
+    /// override wins whichever name it uses), validates; returns the old keys met.
+    fn parse(text: &str, overrides: &[String]) -> Result<(Config, Vec<legacy::Renamed>)> {
+        let mut value: toml::Value = toml::from_str(text)?;
+        let mut renamed = legacy::migrate(&mut value)?;
+        for o in overrides {
+            renamed.extend(apply_override(&mut value, o)?);
+        }
+        let config: Config = value.try_into().map_err(|e| legacy::explain(anyhow::Error::from(e), &renamed))?;
+        config.validate().map_err(|e| legacy::explain(e, &renamed))?;
+        Ok((config, renamed))
     }
 
     pub fn to_toml(&self) -> String {
         toml::to_string_pretty(self).expect("config serialises")
+    }
+
+    /// Network `net`'s settings after the reduction: optimizer, parameter terms, clipping.
+    pub fn net(&self, net: Net) -> NetSettings {
+        match net {
+            Net::Critic => {
+                let c = &self.critic;
+                NetSettings {
+                    optimizer: OptimizerSettings { kind: c.optimizer, lr: c.lr, beta1: c.beta1, beta2: c.beta2, eps: c.eps },
+                    l2: c.l2,
+                    hist_avg: c.hist_avg,
+                    clip_norm: c.clip_norm,
+                    clip_value: c.clip_value,
+                    weight_clip: c.weight_clip,
+                }
+            }
+            Net::Generator => {
+                let g = &self.generator;
+                NetSettings {
+                    optimizer: OptimizerSettings { kind: g.optimizer, lr: g.lr, beta1: g.beta1, beta2: g.beta2, eps: g.eps },
+                    l2: g.l2,
+                    hist_avg: g.hist_avg,
+                    clip_norm: g.clip_norm,
+                    clip_value: g.clip_value,
+                    weight_clip: 0.0,
+                }
+            }
+        }
     }
 
     /// Every range check, each naming its field and the expected range.
@@ -514,36 +685,40 @@ impl Config {
         }
         let finite_pos = |x: f64| x.is_finite() && x > 0.0;
         let finite_nonneg = |x: f64| x.is_finite() && x >= 0.0;
-        check(self.model.dim >= 1 && self.model.dim <= 4096, "model.dim", self.model.dim, "1..=4096")?;
         check(self.model.latent >= 1 && self.model.latent <= 65536, "model.latent", self.model.latent, "1..=65536")?;
         check(self.data.batch_size >= 1, "data.batch_size", self.data.batch_size, "at least 1")?;
-        check(finite_nonneg(self.loss.gp_lambda), "loss.gp_lambda", self.loss.gp_lambda, "a finite value >= 0")?;
-        check(finite_pos(self.optim.lr_g), "optim.lr_g", self.optim.lr_g, "a finite value > 0")?;
-        check(finite_pos(self.optim.lr_d), "optim.lr_d", self.optim.lr_d, "a finite value > 0")?;
-        check((0.0..1.0).contains(&self.optim.beta1), "optim.beta1", self.optim.beta1, "0 <= beta1 < 1")?;
-        check((0.0..1.0).contains(&self.optim.beta2), "optim.beta2", self.optim.beta2, "0 <= beta2 < 1")?;
-        check(finite_pos(self.optim.eps), "optim.eps", self.optim.eps, "a finite value > 0")?;
-        check(finite_nonneg(self.clip.max_norm_d), "clip.max_norm_d", self.clip.max_norm_d, "a finite value >= 0 (0 = off)")?;
-        check(finite_nonneg(self.clip.max_norm_g), "clip.max_norm_g", self.clip.max_norm_g, "a finite value >= 0 (0 = off)")?;
-        check(finite_nonneg(self.clip.value_d), "clip.value_d", self.clip.value_d, "a finite value >= 0 (0 = off)")?;
-        check(finite_nonneg(self.clip.value_g), "clip.value_g", self.clip.value_g, "a finite value >= 0 (0 = off)")?;
-        check(self.model.sn_power_iterations >= 1, "model.sn_power_iterations", self.model.sn_power_iterations, "at least 1")?;
-        check(self.loss.penalty_every >= 1, "loss.penalty_every", self.loss.penalty_every, "at least 1")?;
-        check(finite_nonneg(self.loss.feature_matching), "loss.feature_matching", self.loss.feature_matching, "a finite value >= 0 (0 = off)")?;
-        check(finite_nonneg(self.loss.g_adversarial), "loss.g_adversarial", self.loss.g_adversarial, "a finite value >= 0")?;
-        if self.loss.g_adversarial == 0.0 && self.loss.feature_matching == 0.0 {
-            bail!("loss.g_adversarial = 0 and loss.feature_matching = 0 leave the generator without a loss: expected at least one > 0");
+        for net in Net::ALL {
+            let t = net.as_str();
+            let (width, o) = match net {
+                Net::Critic => (self.critic.width, self.net(net).optimizer),
+                Net::Generator => (self.generator.width, self.net(net).optimizer),
+            };
+            check((1..=4096).contains(&width), &format!("{t}.width"), width, "1..=4096")?;
+            check(finite_pos(o.lr), &format!("{t}.lr"), o.lr, "a finite value > 0")?;
+            check((0.0..1.0).contains(&o.beta1), &format!("{t}.beta1"), o.beta1, "0 <= beta1 < 1")?;
+            check((0.0..1.0).contains(&o.beta2), &format!("{t}.beta2"), o.beta2, "0 <= beta2 < 1")?;
+            check(finite_pos(o.eps), &format!("{t}.eps"), o.eps, "a finite value > 0")?;
+            let s = self.net(net);
+            for (v, key) in [(s.l2, "l2"), (s.hist_avg, "hist_avg"), (s.clip_norm, "clip_norm"), (s.clip_value, "clip_value"), (s.weight_clip, "weight_clip")] {
+                check(finite_nonneg(v), &format!("{t}.{key}"), v, "a finite value >= 0 (0 = off)")?;
+            }
         }
-        if self.loss.label_smoothing != LabelSmoothing::None && !self.loss.kind.is_bce() {
+        let c = &self.critic;
+        check(finite_nonneg(c.penalty_weight), "critic.penalty_weight", c.penalty_weight, "a finite value >= 0")?;
+        check(c.sn_power_iterations >= 1, "critic.sn_power_iterations", c.sn_power_iterations, "at least 1")?;
+        check(c.penalty_every >= 1, "critic.penalty_every", c.penalty_every, "at least 1")?;
+        let g = &self.generator;
+        check(finite_nonneg(g.feature_matching), "generator.feature_matching", g.feature_matching, "a finite value >= 0 (0 = off)")?;
+        check(finite_nonneg(g.adversarial), "generator.adversarial", g.adversarial, "a finite value >= 0")?;
+        if g.adversarial == 0.0 && g.feature_matching == 0.0 {
+            bail!("generator.adversarial = 0 and generator.feature_matching = 0 leave the generator without a loss: expected at least one > 0");
+        }
+        if c.label_smoothing != LabelSmoothing::None && !self.loss.kind.is_bce() {
             bail!(
-                "loss.label_smoothing = {:?} applies to the BCE losses only: expected loss.kind = \"minimax\" or \"non-saturating\" (got {:?}), or label_smoothing = \"none\"",
-                self.loss.label_smoothing,
+                "critic.label_smoothing = {:?} applies to the BCE losses only: expected loss.kind = \"minimax\" or \"non-saturating\" (got {:?}), or label_smoothing = \"none\"",
+                c.label_smoothing,
                 self.loss.kind
             );
-        }
-        let r = &self.regularize;
-        for (v, f) in [(r.hist_avg_d, "regularize.hist_avg_d"), (r.hist_avg_g, "regularize.hist_avg_g"), (r.l2_d, "regularize.l2_d"), (r.l2_g, "regularize.l2_g"), (r.weight_clip, "regularize.weight_clip")] {
-            check(finite_nonneg(v), f, v, "a finite value >= 0 (0 = off)")?;
         }
         check(finite_nonneg(self.ema.half_life_steps), "ema.half_life_steps", self.ema.half_life_steps, "a finite value >= 0 (0 = off)")?;
         check(finite_nonneg(self.ema.half_life_images), "ema.half_life_images", self.ema.half_life_images, "a finite value >= 0 (0 = off)")?;
@@ -578,18 +753,17 @@ impl Config {
         )?;
         check(self.eval.n >= 2, "eval.n", self.eval.n, "at least 2 (the Frechet distance needs a covariance)")?;
         check(EVAL_METRICS.contains(&self.eval.metric.as_str()), "eval.metric", format!("{:?}", self.eval.metric), "one of \"classifier-fid\", \"inception-fid\", \"kid\"")?;
-        parse_device_name(&self.train.device)
-            .with_context(|| format!("train.device = {:?}", self.train.device))?;
         Ok(())
     }
 
-    /// Hash of everything that defines the trajectory of a run, so that a checkpoint is only
-    /// resumed by a compatible configuration. Length, logging, device, launch and metrics
-    /// settings are left out: they may change between a run and its resumption.
-    pub fn trajectory_hash(&self) -> String {
+    /// Everything that defines the trajectory of a run, so that a checkpoint is only resumed
+    /// by a compatible configuration: this configuration with length, logging, device,
+    /// launch, metrics and evaluation settings reset (they may change between a run and its
+    /// resumption). Compare these, not the text: old and new keys give the same value.
+    pub fn trajectory(&self) -> Config {
         let mut c = self.clone();
         c.train.iterations = 0;
-        c.train.device = String::new();
+        c.train.device = DeviceChoice::Auto;
         c.train.threads = 0;
         c.train.log_every = 0;
         c.train.sample_every = 0;
@@ -606,22 +780,33 @@ impl Config {
         c.ema.use_for_samples = true;
         c.eval = EvalConfig::default();
         c.log = LogConfig::default();
-        hex::encode(Sha256::digest(c.to_toml().as_bytes()))
+        c
     }
-}
 
-/// Checks a device name's form; whether CUDA is present is decided at start.
-pub fn parse_device_name(name: &str) -> Result<()> {
-    match name {
-        "auto" | "cpu" | "cuda" => Ok(()),
-        s if s.strip_prefix("cuda:").is_some_and(|i| i.parse::<usize>().is_ok()) => Ok(()),
-        _ => bail!("expected \"auto\", \"cpu\", \"cuda\" or \"cuda:N\""),
+    /// A hash of `trajectory()`, recorded in checkpoints (the comparison itself is of values).
+    pub fn trajectory_hash(&self) -> String {
+        hex::encode(Sha256::digest(self.trajectory().to_toml().as_bytes()))
+    }
+
+    /// The trajectory settings in which `other` differs from this configuration, as
+    /// `key = this vs other` lines (empty: the same trajectory).
+    pub fn trajectory_differences(&self, other: &Config) -> Vec<String> {
+        let flat = |c: &Config| {
+            let mut out = std::collections::BTreeMap::new();
+            legacy::flatten("", &toml::Value::try_from(c.trajectory()).expect("config serialises"), &mut out);
+            out
+        };
+        let (a, b) = (flat(self), flat(other));
+        let keys: std::collections::BTreeSet<&String> = a.keys().chain(b.keys()).collect();
+        let show = |v: Option<&toml::Value>| v.map_or("(absent)".to_string(), |v| v.to_string());
+        keys.into_iter().filter(|k| a.get(*k) != b.get(*k)).map(|k| format!("{k} = {} vs {}", show(a.get(k)), show(b.get(k)))).collect()
     }
 }
 
 /// Applies one `a.b=value` override. The value is read as TOML (so `1e-4`, `true`, `"x"`
-/// keep their types) and falls back to a plain string (`kind=wgan`).
-fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
+/// keep their types) and falls back to a plain string (`kind=wgan`). An old key is applied as
+/// its new one(s); it is returned so that the caller can warn.
+fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<Vec<legacy::Renamed>> {
     let (key, raw) = assignment
         .split_once('=')
         .with_context(|| format!("override {assignment:?}: expected section.key=value"))?;
@@ -633,19 +818,30 @@ fn apply_override(root: &mut toml::Value, assignment: &str) -> Result<()> {
         .ok()
         .and_then(|mut t| t.remove("v"))
         .unwrap_or_else(|| toml::Value::String(raw.trim().to_string()));
-    let mut node = root;
-    for part in &path[..path.len() - 1] {
-        let table = node
-            .as_table_mut()
-            .with_context(|| format!("override {assignment:?}: {part} is not a table"))?;
-        node = table
-            .entry(part.to_string())
-            .or_insert_with(|| toml::Value::Table(Default::default()));
+    // The override on its own, migrated like a file, then merged in leaf by leaf.
+    let mut single = value;
+    for part in path.iter().rev() {
+        single = toml::Value::Table(toml::Table::from_iter([(part.to_string(), single)]));
     }
-    node.as_table_mut()
-        .with_context(|| format!("override {assignment:?}: parent of {} is not a table", path[path.len() - 1]))?
-        .insert(path[path.len() - 1].to_string(), value);
-    Ok(())
+    let renamed = legacy::migrate(&mut single).with_context(|| format!("override {assignment:?}"))?;
+    let mut leaves = std::collections::BTreeMap::new();
+    legacy::flatten("", &single, &mut leaves);
+    for (leaf, v) in leaves {
+        let parts: Vec<&str> = leaf.split('.').collect();
+        let mut node = &mut *root;
+        for part in &parts[..parts.len() - 1] {
+            let table = node
+                .as_table_mut()
+                .with_context(|| format!("override {assignment:?}: {part} is not a table"))?;
+            node = table
+                .entry(part.to_string())
+                .or_insert_with(|| toml::Value::Table(Default::default()));
+        }
+        node.as_table_mut()
+            .with_context(|| format!("override {assignment:?}: parent of {} is not a table", parts[parts.len() - 1]))?
+            .insert(parts[parts.len() - 1].to_string(), v);
+    }
+    Ok(renamed)
 }
 
 #[cfg(test)]
@@ -660,24 +856,28 @@ mod tests {
     #[test]
     fn defaults_are_the_papers_wgan_gp() {
         let c = Config::from_toml_str("", &[]).unwrap();
-        assert_eq!(c.model.dim, 64);
-        assert_eq!(c.loss.gp_lambda, 10.0);
+        assert_eq!((c.critic.width, c.generator.width), (64, 64));
+        assert_eq!(c.critic.penalty_weight, 10.0);
         assert_eq!(c.train.n_critic, 5);
-        assert_eq!((c.optim.lr_d, c.optim.beta1, c.optim.beta2), (1e-4, 0.5, 0.9));
+        assert_eq!((c.critic.lr, c.critic.beta1, c.critic.beta2), (1e-4, 0.5, 0.9));
+        assert_eq!((c.generator.lr, c.generator.beta1, c.generator.beta2), (1e-4, 0.5, 0.9));
     }
 
     #[test]
     fn overrides_keep_types_and_reach_nested_keys() {
-        let o = ["optim.lr_d=3e-4".to_string(), "loss.kind=non-saturating".to_string(), "train.device=\"cpu\"".to_string()];
-        let c = Config::from_toml_str("[optim]\nlr_d = 1.0\n", &o).unwrap();
-        assert_eq!(c.optim.lr_d, 3e-4);
+        let o = ["critic.lr=3e-4".to_string(), "loss.kind=non-saturating".to_string(), "train.device=\"cpu\"".to_string()];
+        let c = Config::from_toml_str("[critic]\nlr = 1.0\n", &o).unwrap();
+        assert_eq!(c.critic.lr, 3e-4);
         assert_eq!(c.loss.kind, LossKind::NonSaturating);
-        assert_eq!(c.train.device, "cpu");
+        assert_eq!(c.train.device, DeviceChoice::Cpu);
     }
 
     #[test]
     fn unknown_keys_are_named() {
-        assert!(err("[optim]\nlearning_rate = 1.0\n", &[]).contains("learning_rate"));
+        assert!(err("[critic]\nlearning_rate = 1.0\n", &[]).contains("learning_rate"));
+        // A key of a retired table that was never one of its keys: named, with where they went.
+        let e = err("[optim]\nlearning_rate = 1.0\n", &[]);
+        assert!(e.contains("optim.learning_rate") && e.contains("[critic]"), "{e}");
         assert!(err("[optimizer]\n", &[]).contains("optimizer"));
         assert!(err("", &["train.itrations=5"]).contains("itrations"));
     }
@@ -691,6 +891,20 @@ mod tests {
         assert!(e.contains("cifar") && e.contains("stacked-mnist"), "{e}");
     }
 
+    /// train.device is parsed when the configuration is read, and written back as it was given.
+    #[test]
+    fn the_device_is_parsed_once_and_round_trips() {
+        for (text, want) in [("auto", DeviceChoice::Auto), ("cpu", DeviceChoice::Cpu), ("cuda", DeviceChoice::Cuda), ("cuda:3", DeviceChoice::CudaIndex(3))] {
+            let c = Config::from_toml_str(&format!("[train]\ndevice = \"{text}\"\n"), &[]).unwrap();
+            assert_eq!(c.train.device, want);
+            assert!(c.to_toml().contains(&format!("device = \"{text}\"")), "{}", c.to_toml());
+        }
+        for bad in ["", "gpu", "cuda:", "cuda:x", "cuda:-1", "CPU"] {
+            let e = err(&format!("[train]\ndevice = \"{bad}\"\n"), &[]);
+            assert!(e.contains("train.device") && e.contains("cuda:N"), "{bad:?}: {e}");
+        }
+    }
+
     #[test]
     fn architecture_choice() {
         assert_eq!(Config::default().model.arch, Arch::Paper);
@@ -701,15 +915,27 @@ mod tests {
         assert!(e.contains("resnet") && e.contains("dcgan"), "{e}");
     }
 
-    /// Keys added since (model.arch, the data keys) are left out of the hashed text at their
-    /// defaults, so that a configuration from before them hashes as it did and its checkpoints
-    /// resume: the hashes of the default and of stacked MNIST, computed by gandist before
-    /// those keys existed.
+    /// A configuration written before keys were added or renamed (the format-1 fixture's,
+    /// from before model.arch and the network tables) reads as the configuration it was: its
+    /// old keys under their new names, defaults for the keys added since. Resuming compares
+    /// values (`Snapshot::from_checkpoint`), so its checkpoints resume under today's keys.
     #[test]
-    fn configurations_from_before_new_keys_hash_as_they_did() {
-        assert_eq!(Config::default().trajectory_hash(), "56e10ab8c32f99db97e86d140feb3ecf7b7729a7a3cf1c7283925892129f61bc");
-        let stacked = Config::from_toml_str("", &["data.dataset=stacked-mnist".to_string()]).unwrap();
-        assert_eq!(stacked.trajectory_hash(), "12be5d587fffeb59450bc5f476a0d42af567fed059b8e610a1d19fda16f7cbe2");
+    fn configurations_from_before_new_keys_are_the_same_configuration() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(root.join("tests/fixtures/checkpoint-v1/step-000000002/meta.json")).unwrap()).unwrap();
+        let text = meta["config"].as_str().unwrap();
+        assert!(text.contains("[regularize]") && !text.contains("arch"), "the fixture is from before");
+        let old = Config::from_embedded(text).unwrap();
+        let sets = [
+            "critic.width=1", "generator.width=1", "model.latent=4", "data.batch_size=4", "data.limit=64", "train.iterations=4",
+            "train.checkpoint_every=2", "train.sample_every=2", "train.log_every=1", "ema.half_life_steps=2", "critic.hist_avg=1e-3",
+            "generator.hist_avg=1e-3", "critic.spectral_norm=true", "faults.nan_critic_updates=[1]",
+        ];
+        let smoke = std::fs::read_to_string(root.join("configs/smoke.toml")).unwrap();
+        let today = Config::from_toml_str(&smoke, &sets.map(String::from)).unwrap();
+        assert_eq!(old.model.arch, Arch::Paper);
+        assert!(old.trajectory_differences(&today).is_empty(), "{:?}", old.trajectory_differences(&today));
+        assert_eq!(old.trajectory_hash(), today.trajectory_hash());
     }
 
     #[test]
@@ -721,22 +947,27 @@ mod tests {
     #[test]
     fn out_of_range_values_name_field_and_range() {
         for (o, field) in [
-            ("optim.lr_d=0", "optim.lr_d"),
-            ("optim.lr_g=-1", "optim.lr_g"),
+            ("critic.lr=0", "critic.lr"),
+            ("generator.lr=-1", "generator.lr"),
             ("data.batch_size=0", "data.batch_size"),
             ("train.n_critic=0", "train.n_critic"),
-            ("loss.gp_lambda=-1", "loss.gp_lambda"),
-            ("optim.beta2=1.0", "optim.beta2"),
-            ("clip.max_norm_d=nan", "clip.max_norm_d"),
+            ("critic.penalty_weight=-1", "critic.penalty_weight"),
+            ("generator.beta2=1.0", "generator.beta2"),
+            ("critic.clip_norm=nan", "critic.clip_norm"),
             ("train.device=tpu", "train.device"),
-            ("clip.value_d=-1", "clip.value_d"),
-            ("loss.penalty_every=0", "loss.penalty_every"),
-            ("loss.feature_matching=-1", "loss.feature_matching"),
-            ("regularize.hist_avg_g=inf", "regularize.hist_avg_g"),
-            ("regularize.weight_clip=-0.01", "regularize.weight_clip"),
+            ("critic.clip_value=-1", "critic.clip_value"),
+            ("critic.penalty_every=0", "critic.penalty_every"),
+            ("generator.feature_matching=-1", "generator.feature_matching"),
+            ("generator.hist_avg=inf", "generator.hist_avg"),
+            ("critic.weight_clip=-0.01", "critic.weight_clip"),
+            ("critic.width=0", "critic.width"),
+            ("generator.width=5000", "generator.width"),
             ("ema.half_life_images=-5", "ema.half_life_images"),
             ("health.growth_factor=1", "health.growth_factor"),
-            ("model.sn_power_iterations=0", "model.sn_power_iterations"),
+            ("critic.sn_power_iterations=0", "critic.sn_power_iterations"),
+            // An old key's error names the new key and the old one the user typed.
+            ("optim.lr_d=0", "critic.lr was given by its old name optim.lr_d"),
+            ("regularize.hist_avg_g=inf", "generator.hist_avg"),
             ("metrics.host=localhost", "metrics.host"),
             ("metrics.port_base=70000", "port_base"),
             ("eval.n=1", "eval.n"),
@@ -749,17 +980,20 @@ mod tests {
 
     #[test]
     fn inconsistent_technique_settings_are_named() {
-        let e = err("", &["loss.label_smoothing=one-sided"]);
-        assert!(e.contains("loss.label_smoothing") && e.contains("BCE"), "{e}");
-        let e = err("", &["loss.g_adversarial=0"]);
-        assert!(e.contains("loss.g_adversarial") && e.contains("loss.feature_matching"), "{e}");
+        let e = err("", &["critic.label_smoothing=one-sided"]);
+        assert!(e.contains("critic.label_smoothing") && e.contains("BCE"), "{e}");
+        let e = err("", &["generator.adversarial=0"]);
+        assert!(e.contains("generator.adversarial") && e.contains("generator.feature_matching"), "{e}");
         let e = err("", &["ema.half_life_steps=10", "ema.half_life_images=640"]);
         assert!(e.contains("ema.half_life_steps") && e.contains("at most one"), "{e}");
-        let e = err("", &["loss.penalty=r3"]);
+        let e = err("", &["critic.penalty=r3"]);
         assert!(e.contains("penalty") && e.contains("r3"), "{e}");
+        // Spectral norm and weight clipping are the critic's: the generator has no such keys.
+        assert!(err("", &["generator.spectral_norm=true"]).contains("spectral_norm"));
+        assert!(err("", &["generator.weight_clip=0.1"]).contains("weight_clip"));
         // Valid combinations parse.
-        let c = Config::from_toml_str("", &["loss.kind=minimax".into(), "loss.label_smoothing=two-sided".into(), "loss.penalty=r1".into()]).unwrap();
-        assert_eq!(c.loss.penalty, PenaltyKind::R1);
+        let c = Config::from_toml_str("", &["loss.kind=minimax".into(), "critic.label_smoothing=two-sided".into(), "critic.penalty=r1".into()]).unwrap();
+        assert_eq!(c.critic.penalty, PenaltyKind::R1);
     }
 
     #[test]
@@ -783,12 +1017,96 @@ mod tests {
         let a = Config::default();
         let mut b = a.clone();
         b.train.iterations += 10;
-        b.train.device = "cpu".into();
+        b.train.device = DeviceChoice::Cpu;
         b.eval.every = 7;
         b.log.tensorboard = true;
         assert_eq!(a.trajectory_hash(), b.trajectory_hash());
-        b.optim.lr_d *= 2.0;
+        assert!(a.trajectory_differences(&b).is_empty());
+        b.critic.lr *= 2.0;
         assert_ne!(a.trajectory_hash(), b.trajectory_hash());
+        assert_eq!(a.trajectory_differences(&b), vec!["critic.lr = 0.0001 vs 0.0002".to_string()]);
+    }
+
+    /// Every old key reaches its new key(s) with its value, from a file and through --set,
+    /// and gives the configuration (so the trajectory) that the new keys give.
+    #[test]
+    fn old_keys_are_their_new_keys() {
+        use toml::Value;
+        let defaults = {
+            let mut m = std::collections::BTreeMap::new();
+            legacy::flatten("", &Value::try_from(Config::default()).unwrap(), &mut m);
+            m
+        };
+        for &(old, new) in legacy::RENAMED {
+            assert!(!defaults.contains_key(old), "{old} is still in the schema");
+            // A value unlike the default, of the right type, valid for the key.
+            let v = match &defaults[new[0]] {
+                Value::Float(_) => match old {
+                    "optim.beta1" | "optim.beta2" => "0.25".to_string(),
+                    _ => "0.5".to_string(),
+                },
+                Value::Integer(_) => "3".to_string(),
+                Value::Boolean(_) => "true".to_string(),
+                Value::String(_) => match old {
+                    "optim.kind" => "\"sgd\"".to_string(),
+                    "loss.penalty" => "\"r1\"".to_string(),
+                    _ => "\"one-sided\"".to_string(),
+                },
+                other => panic!("{old}: {other:?}"),
+            };
+            // Label smoothing needs a BCE loss.
+            let extra: Vec<String> = if old == "loss.label_smoothing" { vec!["loss.kind=minimax".into()] } else { vec![] };
+            let (table, field) = old.split_once('.').unwrap();
+            let file_old = format!("[{table}]\n{field} = {v}\n");
+            let file_new: String = new.iter().map(|k| {
+                let (t, f) = k.split_once('.').unwrap();
+                format!("[{t}]\n{f} = {v}\n")
+            }).collect();
+            let want = Config::parse(&file_new, &extra).unwrap_or_else(|e| panic!("{old}: {e:#}")).0;
+            let (from_file, met) = Config::parse(&file_old, &extra).unwrap_or_else(|e| panic!("{old}: {e:#}"));
+            assert_eq!(from_file, want, "{old} in a file");
+            assert_eq!(met, vec![legacy::Renamed { old, new }]);
+            let (from_set, met) = Config::parse("", &[extra.clone(), vec![format!("{old}={v}")]].concat()).unwrap();
+            assert_eq!(from_set, want, "--set {old}");
+            assert_eq!(met.len(), 1);
+            let base = Config::parse("", &extra).unwrap().0;
+            assert_ne!(want, base, "{old}: the test value is the default");
+            assert!(want.trajectory_differences(&from_file).is_empty());
+            assert!(met[0].to_string().contains(new[0]) && met[0].to_string().contains(old));
+        }
+        // An override wins whichever name it uses; an old and a new name in one file is refused.
+        let c = Config::from_embedded("[critic]\nwidth = 8\n[generator]\nwidth = 8\n").unwrap();
+        assert_eq!((c.critic.width, c.generator.width), (8, 8));
+        let c = Config::from_toml_str("[critic]\nwidth = 8\n", &["model.dim=4".into()]).unwrap();
+        assert_eq!((c.critic.width, c.generator.width), (4, 4));
+        let c = Config::from_toml_str("[model]\ndim = 4\n", &["generator.width=16".into()]).unwrap();
+        assert_eq!((c.critic.width, c.generator.width), (4, 16));
+        let e = err("[model]\ndim = 4\n[critic]\nwidth = 8\n", &[]);
+        assert!(e.contains("model.dim is the old name of critic.width"), "{e}");
+    }
+
+    /// docs/configuration.md lists every old key with its new one(s).
+    #[test]
+    fn docs_list_every_old_key() {
+        let doc = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md")).unwrap();
+        for &(old, new) in legacy::RENAMED {
+            let row = format!("| `{old}` | {} |", new.iter().map(|k| format!("`{k}`")).collect::<Vec<_>>().join(" and "));
+            assert!(doc.contains(&row), "docs/configuration.md has no row {row}");
+        }
+    }
+
+    /// The fixture configurations written in the old keys (tests/fixtures) read as the same
+    /// trajectory as their new-key form, written by `to_toml`.
+    #[test]
+    fn an_old_key_configuration_and_its_new_key_form_are_one_trajectory() {
+        let text = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/trainer-v1/wgan.toml")).unwrap();
+        assert!(text.contains("lr_d"), "the fixture is written in the old keys");
+        let old = Config::from_embedded(&text).unwrap();
+        let new = Config::from_embedded(&old.to_toml()).unwrap();
+        assert!(!old.to_toml().contains("lr_d"));
+        assert_eq!(old, new);
+        assert_eq!(old.trajectory_hash(), new.trajectory_hash());
+        assert_eq!((old.critic.lr, old.critic.clip_norm, old.generator.clip_norm, old.critic.width), (1e-3, 1.0, 0.05, 1));
     }
 
     #[test]

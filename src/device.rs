@@ -1,24 +1,26 @@
-//! Which device a rank computes on, and copies to it that do not make the host wait.
+//! Which device a rank computes on (the configuration's `DeviceChoice`, resolved where CUDA's
+//! presence is known), and copies to it that do not make the host wait.
 
-use anyhow::{bail, Context, Result};
+use crate::config::DeviceChoice;
+use anyhow::{bail, Result};
 use tch::{Device, Tensor};
 
-/// Picks the device from the config and the rank's node-local index.
-pub fn select(name: &str, local_rank: usize) -> Result<Device> {
+/// The device `choice` names for the rank of node-local index `local_rank`.
+pub fn select(choice: DeviceChoice, local_rank: usize) -> Result<Device> {
     let cuda = tch::Cuda::is_available();
     let count = tch::Cuda::device_count().max(1) as usize;
-    match name {
-        "cpu" => Ok(Device::Cpu),
-        "auto" if !cuda => Ok(Device::Cpu),
-        "auto" | "cuda" if cuda => Ok(Device::Cuda(local_rank % count)),
-        "cuda" => bail!("train.device = \"cuda\" but libtorch sees no CUDA device (use \"cpu\" or \"auto\")"),
-        s => {
-            let i: usize = s.strip_prefix("cuda:").and_then(|i| i.parse().ok()).context("train.device")?;
+    match choice {
+        DeviceChoice::Cpu => Ok(Device::Cpu),
+        DeviceChoice::Auto if !cuda => Ok(Device::Cpu),
+        DeviceChoice::Auto | DeviceChoice::Cuda if cuda => Ok(Device::Cuda(local_rank % count)),
+        DeviceChoice::Cuda => bail!("train.device = \"cuda\" but libtorch sees no CUDA device (use \"cpu\" or \"auto\")"),
+        DeviceChoice::CudaIndex(i) => {
             if !cuda || i >= count {
-                bail!("train.device = {s:?} but libtorch sees {} CUDA device(s)", if cuda { count } else { 0 });
+                bail!("train.device = \"{choice}\" but libtorch sees {} CUDA device(s)", if cuda { count } else { 0 });
             }
             Ok(Device::Cuda(i))
         }
+        DeviceChoice::Auto => unreachable!("auto without CUDA is the CPU"),
     }
 }
 
@@ -31,13 +33,13 @@ pub fn label(d: Device) -> String {
     }
 }
 
-/// Why `train.device = "auto"` ended on the CPU although the CUDA driver sees GPUs, if it
-/// did (libtorch without CUDA, or a binary that lost libtorch_cuda at link time).
-pub fn auto_cpu_reason(name: &str, chosen: Device) -> Option<String> {
-    if name != "auto" || chosen != Device::Cpu {
+/// Why `train.device = "auto"` ended on the CPU although the CUDA driver sees `driver_gpus`
+/// GPUs, if it did (libtorch without CUDA, or a binary that lost libtorch_cuda at link time).
+pub fn auto_cpu_reason(choice: DeviceChoice, chosen: Device, driver_gpus: impl FnOnce() -> Option<usize>) -> Option<String> {
+    if choice != DeviceChoice::Auto || chosen != Device::Cpu {
         return None;
     }
-    let gpus = crate::collectives::cuda::driver().and_then(|d| d.device_count()).ok().filter(|&n| n > 0)?;
+    let gpus = driver_gpus().filter(|&n| n > 0)?;
     Some(format!(
         "train.device = \"auto\" chose the CPU although the CUDA driver sees {gpus} GPU(s): libtorch reports no CUDA (a CPU-only libtorch, a binary linked without libtorch_cuda, or a driver too old for libtorch's CUDA)"
     ))
@@ -65,6 +67,9 @@ mod tests {
         let u = upload(&t, Device::Cpu);
         assert_eq!(u.data_ptr(), t.data_ptr());
         assert_eq!(label(Device::Cuda(3)), "cuda:3");
-        assert_eq!(auto_cpu_reason("cpu", Device::Cpu), None);
+        assert_eq!(auto_cpu_reason(DeviceChoice::Cpu, Device::Cpu, || Some(2)), None);
+        assert_eq!(auto_cpu_reason(DeviceChoice::Auto, Device::Cpu, || Some(0)), None);
+        assert!(auto_cpu_reason(DeviceChoice::Auto, Device::Cpu, || Some(2)).unwrap().contains("sees 2 GPU(s)"));
+        assert_eq!(select(DeviceChoice::Cpu, 3).unwrap(), Device::Cpu);
     }
 }

@@ -4,7 +4,7 @@
 //! the parameters, moments and step count exactly as they were where it is false, and
 //! clipping is a device-side coefficient, so that an update never waits for the device.
 
-use crate::config::{OptimConfig, OptimKind};
+use crate::config::{OptimKind, OptimizerSettings};
 use tch::{Kind, Tensor};
 
 /// How a step turns a gradient into a parameter change.
@@ -35,11 +35,11 @@ impl Optimizer {
         Optimizer { rule: Rule::Sgd, lr, step_count: Tensor::zeros([], (Kind::Double, params.device())) }
     }
 
-    /// The optimizer `optim.kind` names, for parameters `params`, at learning rate `lr`.
-    pub fn from_config(cfg: &OptimConfig, params: &Tensor, lr: f64) -> Self {
-        match cfg.kind {
-            OptimKind::Adam => Optimizer::adam(params, lr, cfg.beta1, cfg.beta2, cfg.eps),
-            OptimKind::Sgd => Optimizer::sgd(params, lr),
+    /// The optimizer a network's table names (`critic.optimizer`, ...), for `params`.
+    pub fn from_config(o: &OptimizerSettings, params: &Tensor) -> Self {
+        match o.kind {
+            OptimKind::Adam => Optimizer::adam(params, o.lr, o.beta1, o.beta2, o.eps),
+            OptimKind::Sgd => Optimizer::sgd(params, o.lr),
         }
     }
 

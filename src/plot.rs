@@ -3,8 +3,9 @@
 //! `plots/grad_norms.png` (global norms before and after clipping and per-layer norms, by
 //! network, on a log scale). Text is drawn with the DejaVu Sans font built into the binary.
 
-use crate::model::Net;
+use crate::net::Net;
 use crate::scalar_log::{self as log, LOSS_TERMS};
+use crate::sink::{RunEnd, Sink};
 use anyhow::{anyhow, bail, Context, Result};
 use plotters::coord::Shift;
 use plotters::prelude::*;
@@ -28,6 +29,22 @@ struct Panel {
     log_y: bool,
 }
 
+/// The plots as a reader of the run: written at its clean end (rank 0), from the scalar log.
+/// A failure here must not fail a finished run: it is logged as a warning.
+pub struct Plots {
+    pub run_dir: PathBuf,
+}
+
+impl Sink for Plots {
+    fn finish(&mut self, _end: &RunEnd) -> Result<()> {
+        match write_run_plots(&self.run_dir) {
+            Ok(files) => tracing::info!("plots: {}", files.iter().map(|f| f.display().to_string()).collect::<Vec<_>>().join(", ")),
+            Err(e) => tracing::warn!("cannot write plots: {e:#}"),
+        }
+        Ok(())
+    }
+}
+
 /// Writes both plots of a run into `<run_dir>/plots/` and returns their paths.
 pub fn write_run_plots(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let file = run_dir.join(log::FILE_NAME);
@@ -40,7 +57,7 @@ pub fn write_run_plots(run_dir: &Path) -> Result<Vec<PathBuf>> {
     let loss_panels = Net::ALL
         .iter()
         .map(|&net| {
-            let mut series: Vec<Series> = LOSS_TERMS.iter().filter(|t| t.net == net).filter_map(|t| series(&records, t.key, t.term)).collect();
+            let mut series: Vec<Series> = LOSS_TERMS.iter().filter(|t| t.net == net).filter_map(|t| series(&records, t.key, t.term.label())).collect();
             if net == Net::Critic {
                 series.extend(self::series(&records, log::WASSERSTEIN, "Wasserstein estimate"));
             }

@@ -5,7 +5,7 @@
 //! grey. About 5 s.
 
 mod common;
-use gandist::config::{Arch, ModelConfig};
+use gandist::config::Arch;
 use gandist::model::{Critic, Generator, ImageShape};
 use safetensors::tensor::{Dtype, TensorView};
 use std::path::PathBuf;
@@ -28,9 +28,8 @@ fn bytes(t: &Tensor) -> Vec<u8> {
 /// Writes gandist's parameters, inputs and outputs for one shape into `dir`.
 fn case(dir: &std::path::Path, shape: ImageShape, dim: i64, latent: i64, seed: i64) -> PathBuf {
     tch::manual_seed(seed);
-    let cfg = ModelConfig { dim, latent, arch: Arch::Dcgan, ..Default::default() };
-    let g = Generator::new(&cfg, shape, Device::Cpu).unwrap();
-    let d = Critic::new(&cfg, shape, Device::Cpu).unwrap();
+    let g = Generator::new(Arch::Dcgan, dim, latent, shape, Device::Cpu).unwrap();
+    let d = Critic::new(Arch::Dcgan, dim, shape, None, Device::Cpu).unwrap();
     let z = Tensor::randn([3, latent], (Kind::Float, Device::Cpu));
     let x = Tensor::rand([3, shape.channels, shape.side, shape.side], (Kind::Float, Device::Cpu)) * 2.0 - 1.0;
     let images = tch::no_grad(|| g.forward(&z));

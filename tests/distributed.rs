@@ -82,8 +82,8 @@ fn flagship_sets(nan_rank: usize) -> Vec<String> {
         "train.checkpoint_every=10",
         "train.sample_every=10",
         // Thresholds inside the observed norm ranges, so that some updates clip and some do not.
-        "clip.max_norm_d=2.6",
-        "clip.max_norm_g=0.027",
+        "critic.clip_norm=2.6",
+        "generator.clip_norm=0.027",
         "faults.nan_critic_updates=[3, 11]",
     ]
     .iter()
@@ -260,7 +260,7 @@ fn nccl_without_gpus_is_a_clear_error_and_auto_falls_back_to_mpi() {
     let t = text(&o);
     assert!(!o.status.success(), "{t}");
     assert!(t.contains("dist.backend = \"nccl\" cannot be used: rank 0 on") && t.contains("computes on cpu"), "{t}");
-    let o = mpirun(2).args(["bench", "--iters", "1", "--warmup", "0", "--batch", "8", "--set", "model.dim=4", "--set", "train.threads=1"]).output().unwrap();
+    let o = mpirun(2).args(["bench", "--iters", "1", "--warmup", "0", "--batch", "8", "--set", "critic.width=4", "--set", "generator.width=4", "--set", "train.threads=1"]).output().unwrap();
     let t = text(&o);
     assert!(o.status.success(), "{t}");
     assert!(t.contains("backend mpi ranks 2") && t.contains("all-reduce: 6 calls"), "{t}");
@@ -326,7 +326,7 @@ fn an_error_on_one_rank_during_training_ends_the_job() {
 #[test]
 fn an_error_on_one_rank_in_the_bench_ends_the_job() {
     let mut c = mpirun(2);
-    c.args(["bench", "--iters", "50", "--warmup", "0", "--batch", "8", "--set", "model.dim=4", "--set", "train.threads=1"]);
+    c.args(["bench", "--iters", "50", "--warmup", "0", "--batch", "8", "--set", "critic.width=4", "--set", "generator.width=4", "--set", "train.threads=1"]);
     c.args(["--set", "faults.fail_critic_update=3", "--set", "faults.fail_rank=1"]);
     let (o, took) = output_within(c, Duration::from_secs(90));
     let t = text(&o);
@@ -424,7 +424,7 @@ fn forced_reduction_at_world_size_1_gives_the_same_parameters_bit_for_bit() {
     }
     let bench = |force: bool| {
         let mut c = Command::new(bin());
-        c.args(["bench", "--device", "cpu", "--batch", "8", "--iters", "1", "--warmup", "0", "--set", "model.dim=2", "--set", "train.threads=1"]);
+        c.args(["bench", "--device", "cpu", "--batch", "8", "--iters", "1", "--warmup", "0", "--set", "critic.width=2", "--set", "generator.width=2", "--set", "train.threads=1"]);
         c.args(["--set", "dist.backend=\"local\"", "--set", &format!("dist.force_reduce={force}")]);
         run_ok(c)
     };

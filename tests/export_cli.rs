@@ -49,9 +49,9 @@ fn shared() -> &'static Shared {
             "--set",
             "ema.half_life_steps=2",
             "--set",
-            "optim.lr_g=5e-3",
+            "generator.lr=5e-3",
             "--set",
-            "optim.lr_d=5e-3",
+            "critic.lr=5e-3",
         ]);
         tch::manual_seed(11);
         let z = tch::Tensor::randn([7, 16], (tch::Kind::Float, tch::Device::Cpu));
@@ -152,9 +152,8 @@ fn checked() -> &'static Checked {
 /// No DCGAN run can be trained on MNIST (28 px), so the generator is a freshly initialised
 /// one: its export path is the one `gandist export` takes.
 fn export_dcgan(root: &Path) {
-    use gandist::config::{Arch, ModelConfig};
+    use gandist::config::Arch;
     use gandist::export::{graph, onnx, torchscript, weights, Metadata};
-    let cfg = ModelConfig { dim: 4, latent: 8, arch: Arch::Dcgan, ..Default::default() };
     let shape = gandist::model::ImageShape { channels: 3, side: 64 };
     let z = tch::Tensor::randn([5, 8], (tch::Kind::Float, tch::Device::Cpu));
     let npy = |name: &str, t: &tch::Tensor| {
@@ -164,7 +163,7 @@ fn export_dcgan(root: &Path) {
     npy("z-dcgan.npy", &z);
     for (seed, out) in [(21, "dcgan.npy"), (22, "dcgan-other.npy")] {
         tch::manual_seed(seed);
-        let g = gandist::model::Generator::new(&cfg, shape, tch::Device::Cpu).unwrap();
+        let g = gandist::model::Generator::new(Arch::Dcgan, 4, 8, shape, tch::Device::Cpu).unwrap();
         npy(out, &tch::no_grad(|| g.forward(&z)));
         if seed == 21 {
             let graph = graph::of(&g);

@@ -8,18 +8,18 @@ use common::*;
 /// Every technique that keeps state (EMA, historical averages, spectral-norm vectors) plus the
 /// stateless ones on the update path (feature matching, label smoothing, value clipping, L2).
 const TECHNIQUES: &[&str] = &[
-    "--set", "model.spectral_norm=true",
+    "--set", "critic.spectral_norm=true",
     "--set", "ema.half_life_steps=3",
-    "--set", "regularize.hist_avg_d=1e-3",
-    "--set", "regularize.hist_avg_g=1e-3",
-    "--set", "regularize.l2_d=1e-4",
-    "--set", "loss.feature_matching=0.5",
+    "--set", "critic.hist_avg=1e-3",
+    "--set", "generator.hist_avg=1e-3",
+    "--set", "critic.l2=1e-4",
+    "--set", "generator.feature_matching=0.5",
     "--set", "loss.kind=non-saturating",
-    "--set", "loss.label_smoothing=two-sided",
-    "--set", "loss.penalty=r1",
-    "--set", "loss.penalty_every=2",
-    "--set", "clip.value_d=0.05",
-    "--set", "clip.max_norm_g=1.0",
+    "--set", "critic.label_smoothing=two-sided",
+    "--set", "critic.penalty=r1",
+    "--set", "critic.penalty_every=2",
+    "--set", "critic.clip_value=0.05",
+    "--set", "generator.clip_norm=1.0",
 ];
 
 fn train(run: &str, data: &str, extra: &[&str]) -> String {
@@ -146,8 +146,8 @@ fn two_ranks_match_one_with_feature_matching_and_stateful_techniques() {
     let run = |n: &str, dir: &std::path::Path| {
         let o = std::process::Command::new("mpirun")
             .args(["-n", n, bin().to_str().unwrap(), "train", "--config", cfg.to_str().unwrap(), "--data", data.to_str().unwrap()])
-            .args(["--run-dir", dir.to_str().unwrap(), "--set", "train.iterations=3", "--set", "loss.feature_matching=1"])
-            .args(["--set", "model.spectral_norm=true", "--set", "regularize.hist_avg_g=1e-2", "--set", "ema.half_life_steps=2"])
+            .args(["--run-dir", dir.to_str().unwrap(), "--set", "train.iterations=3", "--set", "generator.feature_matching=1"])
+            .args(["--set", "critic.spectral_norm=true", "--set", "generator.hist_avg=1e-2", "--set", "ema.half_life_steps=2"])
             .env("OMPI_ALLOW_RUN_AS_ROOT", "1")
             .env("OMPI_ALLOW_RUN_AS_ROOT_CONFIRM", "1")
             .env("OMPI_MCA_rmaps_base_oversubscribe", "1")

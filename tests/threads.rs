@@ -41,7 +41,7 @@ fn run(mut c: Command) -> String {
     t
 }
 
-const BENCH: &[&str] = &["bench", "--iters", "1", "--warmup", "0", "--set", "model.dim=4", "--batch", "8"];
+const BENCH: &[&str] = &["bench", "--iters", "1", "--warmup", "0", "--set", "critic.width=4", "--set", "generator.width=4", "--batch", "8"];
 
 /// `mpirun -n 1` binds its rank to one core (Open MPI's default for two or fewer ranks): one
 /// thread, not libtorch's default of every core. Unbound, one rank takes all cores and two

@@ -74,10 +74,12 @@ fn bad_configs_and_run_dirs_fail_clearly() {
     let tmp = tempfile::tempdir().unwrap();
     let run = tmp.path().join("r");
     let r = run.to_str().unwrap();
-    fails(&train_args(r, d, &["--set", "optim.lr_d=0"]), &["optim.lr_d", "expected a finite value > 0"]);
+    fails(&train_args(r, d, &["--set", "critic.lr=0"]), &["critic.lr", "expected a finite value > 0"]);
+    // The old name still works, and its error names both.
+    fails(&train_args(r, d, &["--set", "optim.lr_d=0"]), &["critic.lr", "optim.lr_d", "expected a finite value > 0"]);
     fails(&train_args(r, d, &["--set", "train.n_critic=0"]), &["train.n_critic"]);
     fails(&train_args(r, d, &["--set", "data.batch_size=0"]), &["data.batch_size"]);
-    fails(&train_args(r, d, &["--set", "loss.gp_lambda=-1"]), &["loss.gp_lambda"]);
+    fails(&train_args(r, d, &["--set", "critic.penalty_weight=-1"]), &["critic.penalty_weight"]);
     fails(&train_args(r, d, &["--set", "model.widht=3"]), &["widht"]);
     let bad = tmp.path().join("bad.toml");
     std::fs::write(&bad, "[train]\niterations = \"many\"\n").unwrap();
@@ -94,7 +96,7 @@ fn bad_configs_and_run_dirs_fail_clearly() {
     ok(&train_args(r, d, &["--set", "train.iterations=3"]));
     fails(&train_args(r, d, &[]), &["already holds checkpoints", "--resume auto"]);
     // Resuming with a different trajectory-defining setting is refused.
-    fails(&train_args(r, d, &["--set", "optim.lr_d=3e-4", "--resume", "auto"]), &["different configuration"]);
+    fails(&train_args(r, d, &["--set", "critic.lr=3e-4", "--resume", "auto"]), &["different configuration"]);
     // A corrupted newest checkpoint: --resume auto falls back; an explicit path fails clearly.
     std::fs::create_dir_all(run.join("checkpoints/step-000000005")).unwrap();
     std::fs::write(run.join("checkpoints/step-000000005/meta.json"), "{").unwrap();
@@ -122,6 +124,61 @@ fn sample_writes_png_and_idx() {
     let parsed = gandist::data::idx::read_idx(&idx, 3).unwrap();
     assert_eq!(parsed.dims, vec![7, 28, 28]);
     fails(&["sample", "--checkpoint", tmp.path().to_str().unwrap(), "--out", png.to_str().unwrap()], &["neither a checkpoint directory"]);
+}
+
+/// `gandist checkpoint latest` answers what `train --resume auto` takes, by the same code: the
+/// newest checkpoint that checks (an older one when the newest is damaged), nothing for a run
+/// without checkpoints, an error when none is usable or the configuration is another's; as
+/// KEY=VALUE lines and as JSON; for a format-1 checkpoint written in the old keys too.
+#[test]
+fn checkpoint_latest_is_what_resume_auto_takes() {
+    let data = mnist_dir();
+    let d = data.to_str().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let run = tmp.path().join("run");
+    let r = run.to_str().unwrap();
+    let latest = |extra: &[&str]| ok(&[&["checkpoint", "latest", "--run-dir", r][..], extra].concat());
+    // Stdout holds the answer alone (warnings go to stderr).
+    let stdout_json = |args: &[&str]| -> serde_json::Value {
+        let o = gandist(args);
+        assert!(o.status.success(), "{}", text(&o));
+        serde_json::from_slice(&o.stdout).unwrap_or_else(|e| panic!("{e}: {}", text(&o)))
+    };
+    let json = |extra: &[&str]| stdout_json(&[&["checkpoint", "latest", "--run-dir", r, "--json"][..], extra].concat());
+    assert_eq!(json(&[]), serde_json::json!({"run_dir": r, "checkpoint": null, "step": null, "batch_size": null, "world_size": null}));
+    assert!(latest(&[]).contains("checkpoint=\nstep=\n"), "no checkpoint: empty values");
+    ok(&train_args(r, d, &[]));
+    let ck = |step: u64| run.join("checkpoints").join(gandist::checkpoint::dir_name(step)).to_str().unwrap().to_string();
+    assert_eq!(json(&[]), serde_json::json!({"run_dir": r, "checkpoint": ck(6), "step": 6, "batch_size": 16, "world_size": 1}));
+    let text = latest(&[]);
+    assert!(text.contains(&format!("checkpoint={}\nstep=6\nbatch_size=16\nworld_size=1\n", ck(6))), "{text}");
+    // With the run's own configuration: the same answer; with another trajectory, the refusal
+    // `train --resume auto` would give.
+    let cfg = smoke_config();
+    let c = cfg.to_str().unwrap();
+    assert_eq!(json(&["--config", c])["step"], 6);
+    fails(&["checkpoint", "latest", "--run-dir", r, "--config", c, "--set", "critic.lr=3e-4"], &["different configuration", "critic.lr"]);
+    // A damaged newest checkpoint: both take step 3.
+    std::fs::write(run.join("checkpoints/step-000000006/state.safetensors"), b"truncated").unwrap();
+    let out = ok(&["checkpoint", "latest", "--run-dir", r, "--json"]);
+    assert!(out.contains("skipped") && out.contains("step-000000006"), "the skipped checkpoint is named: {out}");
+    assert_eq!(json(&[])["step"], 3);
+    let out = ok(&train_args(r, d, &["--set", "train.iterations=4", "--resume", "auto"]));
+    assert!(out.contains("resumed from") && out.contains("at step 3"), "{out}");
+    // Nothing usable: an error naming why, as --resume auto fails.
+    for step in [3, 4, 6] {
+        let _ = std::fs::write(run.join(format!("checkpoints/step-00000000{step}/meta.json")), "{");
+    }
+    fails(&["checkpoint", "latest", "--run-dir", r], &["no usable checkpoint"]);
+    // A format-1 checkpoint, its configuration in the old keys.
+    let old = tmp.path().join("old");
+    let dst = old.join("checkpoints/step-000000004");
+    std::fs::create_dir_all(&dst).unwrap();
+    for f in ["meta.json", "state.safetensors"] {
+        std::fs::copy(repo().join("tests/fixtures/checkpoint-v1/step-000000004").join(f), dst.join(f)).unwrap();
+    }
+    let v = stdout_json(&["checkpoint", "latest", "--run-dir", old.to_str().unwrap(), "--json"]);
+    assert_eq!((v["step"].clone(), v["batch_size"].clone()), (serde_json::json!(4), serde_json::json!(4)));
 }
 
 /// The loop reads from the device only at its sync steps (here the logging steps 3, 6 and 9,
@@ -154,7 +211,7 @@ fn lazy_penalty_progress_lines_show_the_newest_value() {
     let run = tmp.path().join("run");
     // Smoke: 2 critic updates per iteration, a log every 2 iterations: the penalty falls on
     // critic updates 0, 4, 8, the logged ones are 3, 7, 11.
-    let sets = ["--set", "loss.penalty_every=4", "--set", "train.log_every=2"];
+    let sets = ["--set", "critic.penalty_every=4", "--set", "train.log_every=2"];
     let out = ok(&train_args(run.to_str().unwrap(), data.to_str().unwrap(), &sets));
     let lines: Vec<&str> = out.lines().filter(|l| l.contains(" d_loss ")).collect();
     assert_eq!(lines.len(), 3, "{out}");

@@ -32,7 +32,7 @@ worker() {
     echo "$(date -u +%T) core $core: $impl seed $seed" >> "$out/progress.log"
     if [ "$impl" = gandist ]; then
       taskset -c "$core" "$gandist" train --config configs/wgan-gp-mnist.toml --data "$data" --run-dir "$run" \
-        --set model.dim=32 --set train.iterations="$iters" --set train.seed="$seed" --set train.threads=1 \
+        --set critic.width=32 --set generator.width=32 --set train.iterations="$iters" --set train.seed="$seed" --set train.threads=1 \
         --set train.device='"cpu"' --set train.checkpoint_every="$every" --set train.keep_checkpoints=100 \
         --set train.sample_every="$every" --set train.log_every=50 > "$run.log" 2>&1
       for f in "$run"/checkpoints/step-*; do score gandist "$seed" $((10#${f##*step-})) --checkpoint="$f"; done

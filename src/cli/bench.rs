@@ -11,7 +11,7 @@ use std::rc::Rc;
 pub struct Args {
     /// cpu, cuda, cuda:N or auto (train.device).
     #[arg(long, default_value = "cpu")]
-    device: String,
+    device: crate::config::DeviceChoice,
     /// Global batch (data.batch_size), split among the ranks.
     #[arg(long, default_value_t = 64)]
     batch: i64,
@@ -36,7 +36,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         Some(p) => Config::load(p, &all)?,
         None => Config::from_toml_str("", &all)?,
     };
-    let started = collectives::init(&cfg.dist, &cfg.train.device)?;
+    let started = collectives::init(&cfg.dist, cfg.train.device)?;
     crate::logging::set_rank(started.comm.rank());
     tracing::info!("{}", started.report);
     let (comm, dev): (Rc<dyn Collective>, _) = (Rc::from(started.comm), started.device);

@@ -55,7 +55,7 @@ fn train(a: TrainArgs) -> Result<ExitCode> {
     if a.threads > 0 {
         tch::set_num_threads(a.threads);
     }
-    let device = crate::device::select("auto", 0)?;
+    let device = crate::device::select(crate::config::DeviceChoice::Auto, 0)?;
     let (epochs, seed) = (a.epochs, a.seed);
     let opts = TrainOptions { epochs, batch_size: a.batch, lr: a.lr, seed, limit: a.limit };
     let (net, report) = Classifier::train(&dir, &opts, device)?;

@@ -80,7 +80,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         bail!("--n must be at least 2 (the Frechet distance needs a covariance)");
     }
     let data_dir = mnist::resolve_dir(a.data.as_deref());
-    let device = crate::device::select("auto", 0)?;
+    let device = crate::device::select(crate::config::DeviceChoice::Auto, 0)?;
     // Inputs are checked before the classifier is loaded: their errors come first.
     let (images, source) = match (&a.checkpoint, &a.samples) {
         (Some(c), _) => {

@@ -30,7 +30,7 @@ pub struct Args {
     batch_size: usize,
     /// cpu, cuda, cuda:N or auto (a GPU when there is one).
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: crate::config::DeviceChoice,
     /// Also KID (torch-fidelity's: cubic polynomial kernel, unbiased, in subsets); both paths
     /// must be folders.
     #[arg(long)]
@@ -81,7 +81,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     } else {
         crate::cpus::set_threads_alone()?;
     }
-    let device = crate::device::select(&a.device, 0)?;
+    let device = crate::device::select(a.device, 0)?;
     if a.bench {
         return bench(&a, device);
     }

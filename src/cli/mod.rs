@@ -3,6 +3,7 @@
 
 mod ablate;
 mod bench;
+mod checkpoint;
 mod classifier;
 mod data;
 mod eval;
@@ -53,6 +54,11 @@ enum Command {
     },
     /// Images/s of the training iteration on synthetic data.
     Bench(bench::Args),
+    /// Ask about a run's checkpoints: `latest` is the one `train --resume auto` would take.
+    Checkpoint {
+        #[command(subcommand)]
+        action: checkpoint::Action,
+    },
     /// Exercises the collectives of the chosen backend with known values, even on one rank,
     /// and on NCCL the abort path (for launch/gpu-check.sh); non-zero exit on any failure.
     #[command(hide = true)]
@@ -90,6 +96,7 @@ pub fn run(cli: Cli) -> Result<ExitCode> {
         Command::Classifier { action } => classifier::run(action),
         Command::Data { action } => data::run(action),
         Command::Bench(a) => bench::run(a),
+        Command::Checkpoint { action } => checkpoint::run(action),
         Command::SelftestCollectives(a) => selftest::run(a),
     }
 }

@@ -82,7 +82,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
         }
         _ => None,
     };
-    let device = crate::device::select("auto", 0)?;
+    let device = crate::device::select(crate::config::DeviceChoice::Auto, 0)?;
     let ck = crate::train::snapshot::load_generator(&a.checkpoint, a.weights.into(), device)?;
     let latent = ck.config.model.latent as usize;
     let points = match &a.noise {

@@ -9,7 +9,7 @@ use std::process::ExitCode;
 pub struct Args {
     /// cpu, cuda, cuda:N or auto (train.device).
     #[arg(long, default_value = "auto")]
-    device: String,
+    device: crate::config::DeviceChoice,
     /// Overrides such as dist.backend="nccl" (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
@@ -19,7 +19,7 @@ pub fn run(a: Args) -> Result<ExitCode> {
     let mut all = vec![format!("train.device=\"{}\"", a.device)];
     all.extend(a.overrides);
     let cfg = Config::from_toml_str("", &all)?;
-    let started = collectives::init(&cfg.dist, &cfg.train.device)?;
+    let started = collectives::init(&cfg.dist, cfg.train.device)?;
     crate::logging::set_rank(started.comm.rank());
     tracing::info!("{}", started.report);
     let rank = started.comm.rank();

@@ -12,7 +12,7 @@ pub struct Args {
     /// The TOML configuration (configs/ has the paper's, a quick CPU one and ablations).
     #[arg(long)]
     config: PathBuf,
-    /// Override a config value, e.g. --set optim.lr_d=2e-4 (repeatable).
+    /// Override a config value, e.g. --set critic.lr=2e-4 (repeatable).
     #[arg(long = "set", value_name = "SECTION.KEY=VALUE")]
     overrides: Vec<String>,
     /// MNIST folder (default: data/mnist).

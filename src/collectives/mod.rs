@@ -20,7 +20,7 @@ pub mod nccl;
 pub mod selftest;
 pub mod watchdog;
 
-use crate::config::{Backend, DistConfig};
+use crate::config::{Backend, DeviceChoice, DistConfig};
 use anyhow::Result;
 use choice::{RankFacts, StartupReport};
 use tch::{Device, Tensor};
@@ -178,10 +178,15 @@ fn rank_facts(rank: usize, local_rank: usize, local_size: usize, device: Device,
     f
 }
 
+/// The GPUs the CUDA driver sees, for `device::auto_cpu_reason`.
+fn driver_gpus() -> Option<usize> {
+    cuda::driver().and_then(|d| d.device_count()).ok()
+}
+
 /// Starts the collective backend the config asks for and picks this rank's device.
 /// A process that would train alone while its launcher started several refuses here, on
 /// every process (`launcher`).
-pub fn init(cfg: &DistConfig, device_name: &str) -> Result<Started> {
+pub fn init(cfg: &DistConfig, device_name: DeviceChoice) -> Result<Started> {
     // Before MPI_Init, which writes Open MPI's own variables into a singleton's environment.
     let seen = launcher::Seen::from_env();
     let want_mpi = match cfg.backend {
@@ -194,7 +199,7 @@ pub fn init(cfg: &DistConfig, device_name: &str) -> Result<Started> {
         launcher::verdict(&seen, 1, alone)?;
         let device = crate::device::select(device_name, 0)?;
         let facts = rank_facts(0, 0, 1, device, false);
-        let notes = crate::device::auto_cpu_reason(device_name, device).into_iter().collect();
+        let notes = crate::device::auto_cpu_reason(device_name, device, driver_gpus).into_iter().collect();
         return Ok(Started { comm: Box::new(Local), device, report: choice::startup_report(&facts, 1, "local", notes) });
     }
     #[cfg(feature = "mpi")]
@@ -211,7 +216,7 @@ pub fn init(cfg: &DistConfig, device_name: &str) -> Result<Started> {
 }
 
 #[cfg(feature = "mpi")]
-fn init_mpi(cfg: &DistConfig, device_name: &str, seen: &launcher::Seen) -> Result<Started> {
+fn init_mpi(cfg: &DistConfig, device_name: DeviceChoice, seen: &launcher::Seen) -> Result<Started> {
     use anyhow::{bail, Context};
     use std::time::Duration;
     set_device_before_mpi(device_name);
@@ -241,7 +246,7 @@ fn init_mpi(cfg: &DistConfig, device_name: &str, seen: &launcher::Seen) -> Resul
     let device = device?;
     let choice = choice::choose(cfg.backend, &all)?;
     let mut notes = vec![choice.reason.clone()];
-    notes.extend(crate::device::auto_cpu_reason(device_name, device));
+    notes.extend(crate::device::auto_cpu_reason(device_name, device, driver_gpus));
     if !choice.nccl {
         return Ok(Started { comm: Box::new(mpi), device, report: choice::startup_report(&mine, world, "mpi", notes) });
     }
@@ -262,14 +267,14 @@ fn init_mpi(cfg: &DistConfig, device_name: &str, seen: &launcher::Seen) -> Resul
 /// early (`cuda::local_rank_hint`); when it does, that GPU's context is made current.
 /// Without a hint nothing is done, and MPI's own node-local rank picks the device after.
 #[cfg(feature = "mpi")]
-fn set_device_before_mpi(device_name: &str) {
-    if device_name == "cpu" || !tch::Cuda::is_available() {
+fn set_device_before_mpi(device_name: DeviceChoice) {
+    if device_name == DeviceChoice::Cpu || !tch::Cuda::is_available() {
         return;
     }
     let count = tch::Cuda::device_count().max(1) as usize;
-    let ordinal = match device_name.strip_prefix("cuda:") {
-        Some(i) => i.parse().ok(),
-        None => cuda::local_rank_hint(|v| std::env::var(v).ok()).map(|(r, _)| r % count),
+    let ordinal = match device_name {
+        DeviceChoice::CudaIndex(i) => Some(i),
+        _ => cuda::local_rank_hint(|v| std::env::var(v).ok()).map(|(r, _)| r % count),
     };
     if let Some(i) = ordinal.filter(|&i| i < count) {
         if let Err(e) = cuda::driver().and_then(|d| d.make_current(i)) {

@@ -23,7 +23,9 @@ use anyhow::{bail, Context, Result};
 use std::io::Read;
 pub use classifier::Classifier;
 use frechet::Gaussian;
-use serde_json::{json, Map, Value};
+use crate::sink::record::keys;
+use crate::sink::{Metric, MetricValue};
+use serde_json::{Map, Value};
 use std::path::Path;
 use tch::{Device, Kind, Tensor};
 
@@ -284,30 +286,53 @@ impl RunEvaluator {
         Ok(RunEvaluator::Inception(InceptionEvaluator::new(net, reference, vec![metric], features::BATCH)?))
     }
 
-    /// Scores of generated images in [-1, 1], as flat key/value pairs.
-    pub fn evaluate(&self, images: &Tensor) -> Result<Map<String, Value>> {
+    /// Scores of generated images in [-1, 1], as named metrics under their metrics.jsonl keys.
+    pub fn evaluate(&self, images: &Tensor) -> Result<Vec<Metric>> {
         match self {
-            RunEvaluator::Classifier(e) => Ok(e.evaluate(images)?.to_json()),
-            RunEvaluator::Inception(e) => e.evaluate(images),
+            RunEvaluator::Classifier(e) => Ok(e.evaluate(images)?.to_metrics()),
+            RunEvaluator::Inception(e) => Ok(metrics_of_json(&e.evaluate(images)?)),
         }
     }
 }
 
+/// Flat key/value pairs as named metrics: whole numbers as counts, other numbers as reals,
+/// arrays of whole numbers as histograms (anything else has no place among metrics).
+pub fn metrics_of_json(m: &Map<String, Value>) -> Vec<Metric> {
+    m.iter()
+        .filter_map(|(name, v)| {
+            let value = match v {
+                Value::Number(n) => n.as_u64().map(MetricValue::Count).or_else(|| n.as_f64().map(MetricValue::Real))?,
+                Value::Array(a) => MetricValue::Counts(a.iter().map(Value::as_u64).collect::<Option<_>>()?),
+                _ => return None,
+            };
+            Some(Metric { name: name.clone(), value })
+        })
+        .collect()
+}
+
 impl Report {
-    /// Flat key/value pairs for the scalar log and the JSON line.
-    pub fn to_json(&self) -> Map<String, Value> {
-        let mut m = Map::new();
-        m.insert("eval_n".into(), json!(self.n));
-        m.insert(crate::scalar_log::FID.into(), json!(self.fid));
-        m.insert(crate::scalar_log::CLASSES_COVERED.into(), json!(self.classes_covered));
-        m.insert("kl_uniform".into(), json!(self.kl_uniform));
-        m.insert("confidence".into(), json!(self.confidence));
-        m.insert("class_histogram".into(), json!(self.histogram));
+    /// The report as named metrics, under their metrics.jsonl keys: what an evaluation during
+    /// training hands every reader (`sink::EvalReport`).
+    pub fn to_metrics(&self) -> Vec<Metric> {
+        let metric = |name: &str, value| Metric { name: name.into(), value };
+        let mut m = vec![
+            metric("eval_n", MetricValue::Count(self.n as u64)),
+            metric(keys::FID, MetricValue::Real(self.fid)),
+            metric(keys::CLASSES_COVERED, MetricValue::Count(self.classes_covered as u64)),
+            metric("kl_uniform", MetricValue::Real(self.kl_uniform)),
+            metric("confidence", MetricValue::Real(self.confidence)),
+            metric("class_histogram", MetricValue::Counts(self.histogram.clone())),
+        ];
         if let Some(s) = &self.stacked {
-            m.insert("modes_covered".into(), json!(s.modes));
-            m.insert("kl_modes".into(), json!(s.kl_modes));
+            m.push(metric("modes_covered", MetricValue::Count(s.modes as u64)));
+            m.push(metric("kl_modes", MetricValue::Real(s.kl_modes)));
         }
         m
+    }
+
+    /// The metrics as one JSON object (the last line of `gandist eval`).
+    pub fn to_json(&self) -> Map<String, Value> {
+        self.to_metrics().into_iter().map(|m| (m.name, serde_json::to_value(m.value).expect("a metric serialises"))).collect()
     }
 
     /// A human-readable table.

@@ -186,7 +186,6 @@ impl Graph {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
     use crate::model::ImageShape;
     use tch::Device;
 
@@ -198,8 +197,7 @@ mod tests {
         let cases = [(Arch::Paper, 28, 1), (Arch::Paper, 28, 3), (Arch::Dcgan, 32, 1), (Arch::Dcgan, 64, 3), (Arch::Dcgan, 128, 3)];
         for (arch, side, channels) in cases {
             tch::manual_seed(3);
-            let cfg = ModelConfig { dim: 4, latent: 8, arch, ..Default::default() };
-            let g = Generator::new(&cfg, ImageShape { channels, side }, Device::Cpu).unwrap();
+            let g = Generator::new(arch, 4, 8, ImageShape { channels, side }, Device::Cpu).unwrap();
             let graph = of(&g);
             graph.check().unwrap();
             assert_eq!(graph.arch, serde_json::to_value(arch).unwrap().as_str().unwrap());

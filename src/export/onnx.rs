@@ -162,7 +162,6 @@ fn model(graph: &Graph, meta: &Metadata) -> Result<ModelProto> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
 
     /// The encoding reads back (prost) with one node per layer, chained input to output, every
     /// node input an initializer or an earlier output, and the weights' values unchanged.
@@ -170,7 +169,7 @@ mod tests {
     #[test]
     fn the_model_is_one_chained_node_per_layer() {
         tch::manual_seed(2);
-        let g = crate::model::Generator::new(&ModelConfig { dim: 2, latent: 4, ..Default::default() }, crate::model::ImageShape { channels: 3, side: 28 }, tch::Device::Cpu).unwrap();
+        let g = crate::model::Generator::new(crate::config::Arch::Paper, 2, 4, crate::model::ImageShape { channels: 3, side: 28 }, tch::Device::Cpu).unwrap();
         let graph = crate::export::graph::of(&g);
         let meta = Metadata::new(&graph, 7, true, "ck".into());
         let bytes = model(&graph, &meta).unwrap().encode_to_vec();

@@ -65,14 +65,13 @@ fn add_extra_file(path: &Path, name: &str, bytes: &[u8]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::ModelConfig;
 
     /// libtorch loads the archive back with the extra entry in it, and the loaded module gives
     /// the graph's output for a batch size other than the traced one.
     #[test]
     fn the_saved_module_loads_and_computes_the_graph() {
         tch::manual_seed(1);
-        let g = crate::model::Generator::new(&ModelConfig { dim: 2, latent: 4, ..Default::default() }, crate::model::ImageShape::MNIST, tch::Device::Cpu).unwrap();
+        let g = crate::model::Generator::new(crate::config::Arch::Paper, 2, 4, crate::model::ImageShape::MNIST, tch::Device::Cpu).unwrap();
         let graph = crate::export::graph::of(&g);
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("g.pt");

@@ -1,28 +1,25 @@
 //! Prometheus metrics of one training rank: the registry with every `gandist_*` family and the
-//! process metrics, and setters that the training loop calls after each update. Setters only
-//! store to atomics; the HTTP exporter (`server`) reads the registry on its own thread, and
-//! `targets` writes the file through which Prometheus finds every rank.
+//! process metrics, and their setters, which `monitor::Monitor` (the exporter as a reader of
+//! the run, a `Sink`) calls at sync steps. Setters only store to atomics; the HTTP exporter
+//! (`server`) reads the registry on its own thread, and `targets` writes the file through which
+//! Prometheus finds every rank.
 //!
 //! Every series carries a `rank` label. Other labels: `net` (critic, generator), `term` (a loss
 //! term), `layer` (a network layer, e.g. conv1), `phase` (a part of an update).
 
+pub mod monitor;
 pub mod server;
 pub mod targets;
 
 pub use crate::health::GradientHealth;
-use crate::model::Net;
+use crate::net::Net;
+pub use monitor::Monitor;
 use anyhow::{Context, Result};
 use prometheus::{Gauge, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, Opts, Registry, TextEncoder};
 use std::collections::HashMap;
 
-/// Port of local rank 0's exporter unless `metrics.port_base` says otherwise; local rank r
-/// serves on 19400 + r. Outside 9100-9999, the range Prometheus's list of default exporter
-/// ports has filled (dcgm-exporter takes 9400 on GPU nodes, node_exporter 9100), and away
-/// from the services of a GPU node: Slurm (6817-6820), DCGM's host engine (5555), Ray (6379,
-/// 8265, 10001), TensorBoard (6006), Jupyter (8888), Grafana (3000), OTLP (4317, 4318),
-/// PyTorch's rendezvous (29400) and master (29500) ports; and below Linux's ephemeral range
-/// (32768-60999), where a listener can collide with an outgoing connection's port.
-pub const DEFAULT_PORT_BASE: u16 = 19400;
+/// Port of local rank 0's exporter (`metrics.port_base`); why this one: see the constant.
+pub use crate::config::DEFAULT_PORT_BASE;
 
 /// Every state of the gradient-health detector, in gauge order.
 pub const HEALTH_STATES: [GradientHealth; 4] =
@@ -68,6 +65,7 @@ pub struct Metrics {
     eval_fid: Gauge,
     eval_classes_covered: Gauge,
     eval_step: Gauge,
+    eval_metric: GaugeVec,
     eval_score: GaugeVec,
 }
 
@@ -114,6 +112,7 @@ impl Metrics {
             eval_fid: gauge("gandist_eval_fid", "Frechet distance of generated to real images at the last evaluation (NaN before one).")?,
             eval_classes_covered: gauge("gandist_eval_classes_covered", "Digit classes a classifier finds among generated images at the last evaluation (NaN before one).")?,
             eval_step: gauge("gandist_eval_step", "Generator step of the last evaluation (NaN before one).")?,
+            eval_metric: gauges("gandist_eval_metric", "Every scalar metric of the last evaluation, by its name in metrics.jsonl.", &["metric"])?,
             eval_score: gauges("gandist_eval_score", "Inception-feature score of generated to real images at the last evaluation, by metric (inception_fid, kid, kid_std; NaN before one).", &["metric"])?,
             registry: registry.clone(),
         };
@@ -230,6 +229,12 @@ impl Metrics {
         if let Some(c) = classes_covered {
             self.eval_classes_covered.set(c);
         }
+    }
+
+    /// For the evaluation: its scalar metric `name` (each metric a series, so that a new one
+    /// needs no new family).
+    pub fn set_eval_metric(&self, name: &str, value: f64) {
+        self.eval_metric.with_label_values(&[name]).set(value);
     }
 }
 
@@ -426,7 +431,9 @@ pub(crate) mod tests {
         assert_eq!(s("gandist_build_info", &[("version", "0.1.0"), ("backend", "mpi"), ("device", "cpu")]), 1.0);
         assert!(s("gandist_eval_fid", &[]).is_nan(), "no evaluation yet");
         m.set_eval_scores(100, Some(12.5), None);
+        m.set_eval_metric("kid", 0.25);
         let text = m.encode().unwrap();
+        assert_eq!(sample(&text, "gandist_eval_metric", &[("metric", "kid")]), Some(0.25));
         assert_eq!(sample(&text, "gandist_eval_fid", &[]), Some(12.5));
         assert!(sample(&text, "gandist_eval_classes_covered", &[]).unwrap().is_nan());
         assert_eq!(sample(&text, "gandist_eval_step", &[]), Some(100.0));

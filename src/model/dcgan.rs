@@ -129,11 +129,27 @@ pub fn critic_forward_features(p: &[Tensor], slope: &Tensor, x: &Tensor) -> (Ten
 mod tests {
     use super::super::{Arch, Critic, Generator};
     use super::*;
-    use crate::config::ModelConfig;
     use tch::{Device, Kind};
 
-    fn cfg(dim: i64, latent: i64, spectral_norm: bool) -> ModelConfig {
-        ModelConfig { dim, latent, spectral_norm, sn_power_iterations: 50, arch: Arch::Dcgan }
+    /// A network pair's settings: architecture, width, noise size, spectral norm.
+    #[derive(Clone, Copy)]
+    struct Cfg {
+        arch: Arch,
+        dim: i64,
+        latent: i64,
+        sn_iters: Option<u32>,
+    }
+
+    fn cfg(dim: i64, latent: i64, spectral_norm: bool) -> Cfg {
+        Cfg { arch: Arch::Dcgan, dim, latent, sn_iters: spectral_norm.then_some(50) }
+    }
+
+    fn generator(c: &Cfg, shape: ImageShape) -> anyhow::Result<Generator> {
+        Generator::new(c.arch, c.dim, c.latent, shape, Device::Cpu)
+    }
+
+    fn critic(c: &Cfg, shape: ImageShape) -> anyhow::Result<Critic> {
+        Critic::new(c.arch, c.dim, shape, c.sn_iters, Device::Cpu)
     }
 
     /// Output and feature shapes at 32, 64 and 128 px, grey and colour; widths as DCGAN's
@@ -144,8 +160,8 @@ mod tests {
         for side in [32i64, 64, 128] {
             for channels in [1i64, 3] {
                 let shape = ImageShape { channels, side };
-                let g = Generator::new(&cfg(4, 8, false), shape, Device::Cpu).unwrap();
-                let d = Critic::new(&cfg(4, 8, false), shape, Device::Cpu).unwrap();
+                let g = generator(&cfg(4, 8, false), shape).unwrap();
+                let d = critic(&cfg(4, 8, false), shape).unwrap();
                 let x = g.forward(&Tensor::randn([2, 8], (Kind::Float, Device::Cpu)));
                 assert_eq!(x.size(), vec![2, channels, side, side]);
                 assert!(x.abs().max().double_value(&[]) <= 1.0);
@@ -158,12 +174,12 @@ mod tests {
             }
         }
         // 64 px, dim 8: 64 channels at 4 x 4 (8 x dim), then 32, 16, 8, and the image.
-        let g = Generator::new(&cfg(8, 8, false), ImageShape { channels: 3, side: 64 }, Device::Cpu).unwrap();
+        let g = generator(&cfg(8, 8, false), ImageShape { channels: 3, side: 64 }).unwrap();
         let widths: Vec<i64> = (1..=4).map(|i| g.params.get(&format!("deconv{i}.weight")).size()[0]).collect();
         assert_eq!(widths, vec![64, 32, 16, 8]);
         assert_eq!(g.params.get("fc.weight").size(), vec![64 * 16, 8]);
         // 128 px: the cap holds the first two widths at 8 x dim.
-        let d = Critic::new(&cfg(2, 8, false), ImageShape { channels: 1, side: 128 }, Device::Cpu).unwrap();
+        let d = critic(&cfg(2, 8, false), ImageShape { channels: 1, side: 128 }).unwrap();
         let widths: Vec<i64> = (1..=5).map(|j| d.params.get(&format!("conv{j}.weight")).size()[0]).collect();
         assert_eq!(widths, vec![2, 4, 8, 16, 16]);
     }
@@ -171,13 +187,13 @@ mod tests {
     #[test]
     fn unsupported_shapes_are_named() {
         for (side, channels, want) in [(28, 1, "side is 28"), (48, 3, "side is 48"), (512, 3, "side is 512"), (32, 2, "1 or 3 channels")] {
-            let e = Generator::new(&cfg(2, 4, false), ImageShape { channels, side }, Device::Cpu).err().unwrap();
+            let e = generator(&cfg(2, 4, false), ImageShape { channels, side }).err().unwrap();
             assert!(format!("{e}").contains(want), "{e}");
-            assert!(Critic::new(&cfg(2, 4, false), ImageShape { channels, side }, Device::Cpu).is_err());
+            assert!(critic(&cfg(2, 4, false), ImageShape { channels, side }).is_err());
         }
         // The paper's networks make 28 x 28 images only.
-        let paper = ModelConfig { arch: Arch::Paper, ..cfg(2, 4, false) };
-        let e = Generator::new(&paper, ImageShape { channels: 3, side: 32 }, Device::Cpu).err().unwrap();
+        let paper = Cfg { arch: Arch::Paper, ..cfg(2, 4, false) };
+        let e = generator(&paper, ImageShape { channels: 3, side: 32 }).err().unwrap();
         assert!(format!("{e}").contains("model.arch = \"paper\" makes 28 x 28") && format!("{e}").contains("side is 32"), "{e}");
     }
 
@@ -188,8 +204,8 @@ mod tests {
     fn initialisation_matches_pytorch_bounds() {
         tch::manual_seed(3);
         let shape = ImageShape { channels: 3, side: 32 };
-        let g = Generator::new(&cfg(16, 64, false), shape, Device::Cpu).unwrap();
-        let d = Critic::new(&cfg(16, 64, false), shape, Device::Cpu).unwrap();
+        let g = generator(&cfg(16, 64, false), shape).unwrap();
+        let d = critic(&cfg(16, 64, false), shape).unwrap();
         // Linear (out, in): fan_in = in; Conv2d (out, in, k, k) and ConvTranspose2d (in, out,
         // k, k): dimension 1 times k x k.
         let fan_in = |s: &[i64]| if s.len() == 4 { s[1] * s[2] * s[3] } else { s[1] };
@@ -219,9 +235,9 @@ mod tests {
     fn spectral_norm_normalises_every_critic_weight() {
         let shape = ImageShape { channels: 3, side: 64 };
         tch::manual_seed(5);
-        let mut d = Critic::new(&cfg(4, 8, true), shape, Device::Cpu).unwrap();
+        let mut d = critic(&cfg(4, 8, true), shape).unwrap();
         tch::manual_seed(5);
-        let plain = Critic::new(&cfg(4, 8, false), shape, Device::Cpu).unwrap();
+        let plain = critic(&cfg(4, 8, false), shape).unwrap();
         assert!(d.params.flat.equal(&plain.params.flat));
         let weights: Vec<&String> = d.params.names.iter().filter(|n| n.ends_with(".weight")).collect();
         assert_eq!(weights.len(), 5, "conv1..conv4 and fc");
@@ -264,8 +280,8 @@ mod tests {
     fn gradients_through_both_networks_match_finite_differences() {
         tch::manual_seed(11);
         let shape = ImageShape { channels: 3, side: 32 };
-        let g = Generator::new(&cfg(3, 6, false), shape, Device::Cpu).unwrap();
-        let d = Critic::new(&cfg(3, 6, false), shape, Device::Cpu).unwrap();
+        let g = generator(&cfg(3, 6, false), shape).unwrap();
+        let d = critic(&cfg(3, 6, false), shape).unwrap();
         let dbl = |ts: &[Tensor]| -> Vec<Tensor> { ts.iter().map(|t| t.detach().to_kind(Kind::Double).set_requires_grad(true)).collect() };
         let (gp, dp) = (dbl(&g.params.tensors), dbl(&d.params.tensors));
         let slope = Tensor::from_slice(&[0.2f64]);

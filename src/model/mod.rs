@@ -1,85 +1,19 @@
 //! The generator and the critic: the WGAN-GP paper's 28 x 28 MNIST networks (its reference
 //! code's architecture, `model.arch = "paper"`) and the DCGAN family that scales with the
 //! image side and channels (`model.arch = "dcgan"`, in `dcgan`), both with PyTorch's default
-//! initialisation and parameters held in one flat buffer per network; and `Net`, the name of
-//! either network wherever it is needed (trainer, scalar log, metrics, checkpoints).
+//! initialisation and parameters held in one flat buffer per network. (`Net` and `PerNet`, the
+//! names of the two networks, live in the leaf module `crate::net` and are re-exported here.)
 
 pub mod dcgan;
 pub mod ema;
 pub mod params;
 pub mod spectral_norm;
 
-use crate::config::{Arch, ModelConfig};
+use crate::config::{Arch, Config};
 use anyhow::{bail, Result};
+pub use crate::net::{Net, PerNet};
 use params::{ParamBuilder, ParamSet};
-use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
-
-/// One of the two networks of the GAN.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Net {
-    Critic,
-    Generator,
-}
-
-impl Net {
-    /// In update order within an iteration.
-    pub const ALL: [Net; 2] = [Net::Critic, Net::Generator];
-
-    /// "critic" or "generator": metric labels, checkpoint tensor names, messages.
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Net::Critic => "critic",
-            Net::Generator => "generator",
-        }
-    }
-
-    /// "d" or "g": the prefix of the network's keys in the scalar log.
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Net::Critic => "d",
-            Net::Generator => "g",
-        }
-    }
-}
-
-/// One value for each network, indexed by `Net`; serialised as {"critic": .., "generator": ..}.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PerNet<T> {
-    pub critic: T,
-    pub generator: T,
-}
-
-impl<T> PerNet<T> {
-    /// Builds each network's value.
-    pub fn from_fn(mut f: impl FnMut(Net) -> T) -> Self {
-        PerNet { critic: f(Net::Critic), generator: f(Net::Generator) }
-    }
-
-    pub fn map<U>(&self, mut f: impl FnMut(&T) -> U) -> PerNet<U> {
-        PerNet { critic: f(&self.critic), generator: f(&self.generator) }
-    }
-}
-
-impl<T> std::ops::Index<Net> for PerNet<T> {
-    type Output = T;
-    fn index(&self, net: Net) -> &T {
-        match net {
-            Net::Critic => &self.critic,
-            Net::Generator => &self.generator,
-        }
-    }
-}
-
-impl<T> std::ops::IndexMut<Net> for PerNet<T> {
-    fn index_mut(&mut self, net: Net) -> &mut T {
-        match net {
-            Net::Critic => &mut self.critic,
-            Net::Generator => &mut self.generator,
-        }
-    }
-}
 
 /// The images a generator makes and a critic reads: channels, and the side of a square.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -91,6 +25,11 @@ pub struct ImageShape {
 impl ImageShape {
     /// MNIST's digits.
     pub const MNIST: ImageShape = ImageShape { channels: 1, side: 28 };
+
+    /// The images of the data `cfg` trains on.
+    pub fn of(cfg: &Config) -> ImageShape {
+        ImageShape { channels: cfg.data.dataset.channels(), side: PAPER_SIDE }
+    }
 }
 
 /// Whether `arch` makes images of `shape`; the error says what it makes.
@@ -150,14 +89,19 @@ pub struct Critic {
 }
 
 impl Generator {
-    /// A generator of `shape` images (the data set's), its initial weights drawn from
-    /// libtorch's global generator (seed it first). An error when `cfg.arch` does not make
-    /// images of that shape.
-    pub fn new(cfg: &ModelConfig, shape: ImageShape, device: Device) -> Result<Self> {
-        check_shape(cfg.arch, shape)?;
-        let (d, l) = (cfg.dim, cfg.latent);
+    /// The generator `cfg` describes (`model.arch`, `generator.width`, `model.latent`, the
+    /// data's image shape), its initial weights drawn from libtorch's global generator (seed
+    /// it first).
+    pub fn from_config(cfg: &Config, device: Device) -> Result<Self> {
+        Generator::new(cfg.model.arch, cfg.generator.width, cfg.model.latent, ImageShape::of(cfg), device)
+    }
+
+    /// A generator of architecture `arch` and width `d` from `l`-dimensional noise to `shape`
+    /// images. An error when `arch` does not make images of that shape.
+    pub fn new(arch: Arch, d: i64, l: i64, shape: ImageShape, device: Device) -> Result<Self> {
+        check_shape(arch, shape)?;
         let mut b = ParamBuilder::new(device);
-        match cfg.arch {
+        match arch {
             Arch::Paper => {
                 b.uniform("fc.weight", &[4 * 4 * 4 * d, l], bound(l));
                 b.uniform("fc.bias", &[4 * 4 * 4 * d], bound(l));
@@ -169,7 +113,7 @@ impl Generator {
             }
             Arch::Dcgan => dcgan::generator_params(&mut b, d, l, shape),
         }
-        Ok(Generator { params: b.build(), arch: cfg.arch, dim: d, latent: l, channels: shape.channels, side: shape.side })
+        Ok(Generator { params: b.build(), arch, dim: d, latent: l, channels: shape.channels, side: shape.side })
     }
 
     /// The shape of the images it makes.
@@ -200,14 +144,21 @@ impl Generator {
 }
 
 impl Critic {
-    /// A critic of `shape` images (the data set's), its initial weights and spectral-norm
-    /// vectors drawn from libtorch's global generator (seed it first). An error when
-    /// `cfg.arch` does not take images of that shape.
-    pub fn new(cfg: &ModelConfig, shape: ImageShape, device: Device) -> Result<Self> {
-        check_shape(cfg.arch, shape)?;
-        let d = cfg.dim;
+    /// The critic `cfg` describes (`model.arch`, `critic.width`, its spectral norm, the data's
+    /// image shape), its initial weights and spectral-norm vectors drawn from libtorch's global
+    /// generator (seed it first).
+    pub fn from_config(cfg: &Config, device: Device) -> Result<Self> {
+        let c = &cfg.critic;
+        Critic::new(cfg.model.arch, c.width, ImageShape::of(cfg), c.spectral_norm.then_some(c.sn_power_iterations), device)
+    }
+
+    /// A critic of architecture `arch` and width `d` for `shape` images, with spectral
+    /// normalisation of `sn_iters` power iterations per update when given. An error when
+    /// `arch` does not take images of that shape.
+    pub fn new(arch: Arch, d: i64, shape: ImageShape, sn_iters: Option<u32>, device: Device) -> Result<Self> {
+        check_shape(arch, shape)?;
         let mut b = ParamBuilder::new(device);
-        match cfg.arch {
+        match arch {
             Arch::Paper => {
                 for (name, cin, cout) in [("conv1", shape.channels, d), ("conv2", d, 2 * d), ("conv3", 2 * d, 4 * d)] {
                     b.uniform(&format!("{name}.weight"), &[cout, cin, 5, 5], bound(cin * 25));
@@ -222,8 +173,8 @@ impl Critic {
         let params = b.build();
         let weights: Vec<usize> = params.names.iter().enumerate().filter(|(_, n)| n.ends_with(".weight")).map(|(i, _)| i).collect();
         // Drawn after the weights, so that turning spectral norm on leaves the initial weights alone.
-        let spectral = cfg.spectral_norm.then(|| weights.iter().map(|&i| spectral_norm::SpectralNorm::new(params.shapes[i][0], device)).collect());
-        Ok(Critic { params, arch: cfg.arch, dim: d, channels: shape.channels, slope, spectral, weights, sn_iters: cfg.sn_power_iterations })
+        let spectral = sn_iters.map(|_| weights.iter().map(|&i| spectral_norm::SpectralNorm::new(params.shapes[i][0], device)).collect());
+        Ok(Critic { params, arch, dim: d, channels: shape.channels, slope, spectral, weights, sn_iters: sn_iters.unwrap_or(1) })
     }
 
     /// One round of power iteration per normalised weight (call once per update).
@@ -286,9 +237,8 @@ mod tests {
     #[test]
     fn shapes_and_ranges() {
         tch::manual_seed(0);
-        let cfg = ModelConfig { dim: 8, latent: 16, ..Default::default() };
-        let g = Generator::new(&cfg, ImageShape::MNIST, Device::Cpu).unwrap();
-        let d = Critic::new(&cfg, ImageShape::MNIST, Device::Cpu).unwrap();
+        let g = Generator::new(Arch::Paper, 8, 16, ImageShape::MNIST, Device::Cpu).unwrap();
+        let d = Critic::new(Arch::Paper, 8, ImageShape::MNIST, None, Device::Cpu).unwrap();
         let x = g.forward(&Tensor::randn([3, 16], (Kind::Float, Device::Cpu)));
         assert_eq!(x.size(), vec![3, 1, 28, 28]);
         assert!(x.abs().max().double_value(&[]) <= 1.0);
@@ -299,10 +249,9 @@ mod tests {
 
     #[test]
     fn three_channel_networks_for_stacked_mnist() {
-        let cfg = ModelConfig { dim: 4, latent: 8, ..ModelConfig::default() };
         let stacked = ImageShape { channels: 3, side: 28 };
-        let g = Generator::new(&cfg, stacked, Device::Cpu).unwrap();
-        let d = Critic::new(&cfg, stacked, Device::Cpu).unwrap();
+        let g = Generator::new(Arch::Paper, 4, 8, stacked, Device::Cpu).unwrap();
+        let d = Critic::new(Arch::Paper, 4, stacked, None, Device::Cpu).unwrap();
         let x = g.forward(&Tensor::randn([2, 8], (Kind::Float, Device::Cpu)));
         assert_eq!(x.size(), vec![2, 3, 28, 28]);
         assert_eq!(d.forward(&x).size(), vec![2]);
@@ -322,7 +271,7 @@ mod tests {
     #[test]
     fn parameters_are_views_of_the_flat_buffer() {
         tch::manual_seed(0);
-        let d = Critic::new(&ModelConfig { dim: 4, latent: 8, ..Default::default() }, ImageShape::MNIST, Device::Cpu).unwrap();
+        let d = Critic::new(Arch::Paper, 4, ImageShape::MNIST, None, Device::Cpu).unwrap();
         let before = d.params.get("fc.bias").double_value(&[0]);
         tch::no_grad(|| {
             let _ = d.params.flat.shallow_clone().g_add_scalar_(1.0);
@@ -337,11 +286,10 @@ mod tests {
     /// (and so the initialisation) are the same as without it.
     #[test]
     fn spectral_norm_makes_each_critic_weight_1_lipschitz() {
-        let cfg = ModelConfig { dim: 4, latent: 8, spectral_norm: true, sn_power_iterations: 50, arch: Arch::Paper };
         tch::manual_seed(5);
-        let mut d = Critic::new(&cfg, ImageShape::MNIST, Device::Cpu).unwrap();
+        let mut d = Critic::new(Arch::Paper, 4, ImageShape::MNIST, Some(50), Device::Cpu).unwrap();
         tch::manual_seed(5);
-        let plain = Critic::new(&ModelConfig { spectral_norm: false, ..cfg.clone() }, ImageShape::MNIST, Device::Cpu).unwrap();
+        let plain = Critic::new(Arch::Paper, 4, ImageShape::MNIST, None, Device::Cpu).unwrap();
         assert!(d.params.flat.equal(&plain.params.flat));
         d.power_iterate();
         let eff = d.effective_params();
@@ -359,7 +307,7 @@ mod tests {
     fn initialisation_matches_pytorch_bounds() {
         // PyTorch: U(-1/sqrt(fan_in), 1/sqrt(fan_in)); the sample max approaches the bound.
         tch::manual_seed(1);
-        let g = Generator::new(&ModelConfig { dim: 16, latent: 128, ..Default::default() }, ImageShape::MNIST, Device::Cpu).unwrap();
+        let g = Generator::new(Arch::Paper, 16, 128, ImageShape::MNIST, Device::Cpu).unwrap();
         let w = g.params.get("fc.weight");
         let b = 1.0 / 128f64.sqrt();
         let m = w.abs().max().double_value(&[]);

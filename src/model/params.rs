@@ -62,6 +62,12 @@ impl ParamSet {
         ParamSet::on_flat(self.names.clone(), self.shapes.clone(), flat)
     }
 
+    /// The same parameters (the same tensors, not copies): a second handle on this set, for a
+    /// network's training state beside its model.
+    pub fn share(&self) -> ParamSet {
+        ParamSet { names: self.names.clone(), shapes: self.shapes.clone(), tensors: self.tensors.iter().map(|t| t.shallow_clone()).collect(), flat: self.flat.shallow_clone() }
+    }
+
     /// Each parameter's part of `flat`, a buffer laid out like this set's (a gradient, a
     /// moment, an average), as named views.
     pub fn views<'a>(&'a self, flat: &'a Tensor) -> impl Iterator<Item = (&'a str, Tensor)> + 'a {
@@ -156,6 +162,13 @@ mod tests {
         assert_eq!(n.iter().map(|(l, _)| l.as_str()).collect::<Vec<_>>(), vec!["a", "b"]);
         assert!((n[0].1 - 55f64.sqrt()).abs() < 1e-6, "{n:?}");
         assert!((n[1].1 - 5.0).abs() < 1e-6, "{n:?}");
+        // A shared set is the same parameters: a write through one is seen by the other.
+        let shared = p.share();
+        tch::no_grad(|| {
+            let _ = shared.tensors[2].shallow_clone().fill_(7.0);
+        });
+        assert_eq!(p.get("b.weight").double_value(&[0]), 7.0);
+        assert_eq!(p.flat.double_value(&[5]), 7.0);
         let global = crate::hostread::scalar(&g.norm());
         let rss = n.iter().map(|(_, v)| v * v).sum::<f64>().sqrt();
         assert!((rss - global).abs() < 1e-5 * global, "{rss} vs {global}");

@@ -12,6 +12,7 @@
 //! server drops a tag's points at or after any step that comes again.
 
 pub mod proto;
+pub mod sink;
 
 use anyhow::{Context, Result};
 use prost::Message;

@@ -1,146 +1,151 @@
-//! One network's training state: its optimizer, running averages (historical average, EMA),
-//! gradient-health detector, run of skipped updates and hyper-parameters; and the two halves
-//! of an update that read the same for both networks. `apply` is everything after the
-//! reduction, on the device: parameter regularisers added to the reduced gradient (they depend
-//! on parameters only), value and norm clipping, the optimizer step, weight clipping, the
-//! running averages, each state change selected by the update's skip condition. `observe` is
-//! the host's reading of the update's figures at a sync step.
+//! One network's training state, in one value: its parameters (the tensors its model computes
+//! with), optimizer, running averages (historical average, EMA), gradient-health detector and
+//! run of skipped updates, with its settings (`[critic]` or `[generator]`). And the two halves
+//! of an update that read the same for both networks: `apply` is everything after the
+//! reduction, on the device (parameter terms added to the reduced gradient, value and norm
+//! clipping, the optimizer step, weight clipping, the running averages, each state change
+//! selected by the update's skip condition); `observe` is the host's reading of the update's
+//! figures at a sync step.
 
-use crate::config::Config;
-use crate::health::HealthMonitor;
+use super::figures::{DeviceFigures, Layout, Scalar};
+use super::snapshot::names;
+use crate::config::{Config, NetSettings};
+use crate::health::{HealthMonitor, HealthSnapshot};
 use crate::model::ema::Ema;
 use crate::model::params::ParamSet;
-use crate::model::Net;
-use crate::optim::{clip_global_norm, clip_value, ClipReport, Optimizer};
+use crate::net::Net;
+use crate::optim::{clip_global_norm, clip_value, Optimizer};
 use crate::regularize::historical_average::HistoricalAverage;
 use crate::regularize::{self, weight_clip};
-use crate::scalar_log;
-use super::timing::StageTimes;
+use crate::sink::record::{HealthReport, Losses, Term, UpdateRecord};
+use crate::timing::StageTimes;
 use tch::{Kind, Tensor};
 
-/// A network's hyper-parameters (0 = off), from the configuration's `_d` / `_g` fields.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Hyper {
-    /// The learning rate before any rollback's scaling.
-    pub lr: f64,
-    pub l2: f64,
-    pub hist_avg: f64,
-    pub max_norm: f64,
-    pub max_value: f64,
-    pub weight_clip: f64,
-}
-
-impl Hyper {
-    pub fn of(net: Net, cfg: &Config) -> Hyper {
-        let (o, r, c) = (&cfg.optim, &cfg.regularize, &cfg.clip);
-        match net {
-            Net::Critic => Hyper { lr: o.lr_d, l2: r.l2_d, hist_avg: r.hist_avg_d, max_norm: c.max_norm_d, max_value: c.value_d, weight_clip: r.weight_clip },
-            // The original WGAN's weight clipping constrains the critic only.
-            Net::Generator => Hyper { lr: o.lr_g, l2: r.l2_g, hist_avg: r.hist_avg_g, max_norm: c.max_norm_g, max_value: c.value_g, weight_clip: 0.0 },
-        }
-    }
-}
-
 pub struct NetState {
-    pub net: Net,
-    pub hyper: Hyper,
-    pub optimizer: Optimizer,
+    net: Net,
+    settings: NetSettings,
+    /// The network's parameters: the same tensors as its model's (`Critic::params`, ...).
+    params: ParamSet,
+    optimizer: Optimizer,
     /// The mean of the parameters after every update so far, when historical averaging is on.
-    pub history: Option<HistoricalAverage>,
-    /// The exponential moving average of the parameters, when on (the trainer keeps one for
-    /// the generator only).
-    pub ema: Option<Ema>,
-    pub health: HealthMonitor,
+    history: Option<HistoricalAverage>,
+    /// The exponential moving average of the parameters, when on (the generator's only).
+    ema: Option<Ema>,
+    health: HealthMonitor,
     /// Skipped updates in a row, as of the last sync.
-    pub skip_streak: u64,
+    skip_streak: u64,
 }
 
-/// What one update did, after the reduction (identical on every rank), as read at a sync step.
-#[derive(Debug, Clone, Default)]
-pub struct UpdateStats {
-    /// Named loss terms (scalar-log keys) and diagnostics, averaged over the global batch.
-    pub scalars: Vec<(&'static str, f64)>,
-    pub clip: Option<ClipReport>,
-    /// The update was skipped because some rank saw a non-finite gradient.
-    pub skipped: bool,
-    /// L2 norm of each layer's reduced gradient before clipping (empty when skipped).
-    pub layer_norms: Vec<(String, f64)>,
-    /// This rank's time in each stage of the update.
-    pub times: StageTimes,
-    /// Bytes this rank handed to the all-reduce (0 for a single process).
-    pub allreduce_bytes: u64,
-}
-
-impl UpdateStats {
-    pub fn get(&self, name: &str) -> Option<f64> {
-        self.scalars.iter().find(|(n, _)| *n == name).map(|(_, v)| *v)
-    }
-}
-
-/// An update's reduced buffer, in parts (views on the device).
-pub struct Reduced {
-    pub grad: Tensor,
-    /// 1.0 when some rank saw a non-finite gradient (the update is skipped), else 0.0; [1].
-    pub skipped: Tensor,
-    pub scalars: Tensor,
-    pub allreduce_bytes: u64,
-}
-
-/// One update's figures on the device, until the next sync step reads them. `figures` is
-/// [skipped, norm before clipping, norm after, clipped, reduced scalars.., parameter terms..,
-/// per-parameter gradient norms..], float32; everything else is known on the host.
-pub struct Pending {
-    pub net: Net,
-    pub figures: Tensor,
-    pub scalar_names: Vec<&'static str>,
-    /// Key and weight of each parameter term (L2, historical averaging), in `figures` order.
-    pub param_terms: Vec<(&'static str, f64)>,
+/// What the host knows of an update when it queues it, besides its figures.
+#[derive(Debug, Clone, Copy)]
+pub struct UpdateMeta {
+    pub lr: f64,
     pub times: StageTimes,
     pub allreduce_bytes: u64,
 }
 
 impl NetState {
-    /// The state before the first update of parameters `params`; no EMA (see `Trainer::new`).
-    pub fn new(net: Net, cfg: &Config, params: &Tensor) -> NetState {
-        let hyper = Hyper::of(net, cfg);
+    /// Network `net`'s state before its first update, on `params` (shared with its model),
+    /// with `ema` when the network keeps one.
+    pub fn new(net: Net, cfg: &Config, params: &ParamSet, ema: Option<Ema>) -> NetState {
+        let settings = cfg.net(net);
+        let params = params.share();
         NetState {
             net,
-            optimizer: Optimizer::from_config(&cfg.optim, params, hyper.lr),
-            history: (hyper.hist_avg > 0.0).then(|| HistoricalAverage::new(params, hyper.hist_avg)),
-            ema: None,
+            optimizer: Optimizer::from_config(&settings.optimizer, &params.flat),
+            history: (settings.hist_avg > 0.0).then(|| HistoricalAverage::new(&params.flat, settings.hist_avg)),
+            ema,
             health: HealthMonitor::new(&cfg.health),
             skip_streak: 0,
-            hyper,
+            settings,
+            params,
         }
+    }
+
+    pub fn params(&self) -> &ParamSet {
+        &self.params
+    }
+
+    pub fn ema(&self) -> Option<&Ema> {
+        self.ema.as_ref()
+    }
+
+    pub fn history(&self) -> Option<&HistoricalAverage> {
+        self.history.as_ref()
+    }
+
+    pub fn health(&self) -> &HealthMonitor {
+        &self.health
+    }
+
+    pub fn health_report(&self) -> HealthReport {
+        HealthReport { state: self.health.state(), counts: self.health.counts() }
+    }
+
+    /// Skipped updates in a row, as of the last sync.
+    pub fn skip_streak(&self) -> u64 {
+        self.skip_streak
+    }
+
+    /// The learning rate of the next update.
+    pub fn lr(&self) -> f64 {
+        self.optimizer.lr
     }
 
     /// The learning rate is the configured one times `scale` (lowered by each rollback).
     pub fn set_lr_scale(&mut self, scale: f64) {
-        self.optimizer.lr = self.hyper.lr * scale;
+        self.optimizer.lr = self.settings.optimizer.lr * scale;
+    }
+
+    /// Every tensor of this state a checkpoint holds, named (`snapshot::names`), as views of
+    /// the live state, so that restoring and broadcasting write through them.
+    pub fn state_tensors(&self) -> Vec<(String, Tensor)> {
+        let (net, params) = (self.net, &self.params);
+        let mut out: Vec<(String, Tensor)> = params.names.iter().zip(&params.tensors).map(|(n, t)| (names::param(net, n), t.detach())).collect();
+        out.extend(self.optimizer.state().into_iter().map(|(m, t)| (names::moment(net, m), t)));
+        if let Some(h) = &self.history {
+            out.push((names::history(net, "mean"), h.mean.shallow_clone()));
+            out.push((names::history(net, "count"), h.count.shallow_clone()));
+        }
+        if let Some(e) = &self.ema {
+            out.extend(params.views(&e.flat).map(|(n, t)| (names::ema(net, n), t)));
+        }
+        out
+    }
+
+    /// After the tensors were restored: the optimizer's step count (`applied` updates), no
+    /// skips in a row, and the detector when a snapshot of it is given.
+    pub fn restore(&mut self, applied: u64, health: Option<&HealthSnapshot>) {
+        self.optimizer.set_step_count(applied);
+        self.skip_streak = 0;
+        if let Some(h) = health {
+            self.health.restore(h);
+        }
     }
 
     /// Everything after the reduction, on the device and identical on every rank (see the
-    /// module's comment); `params` is this network's. Returns the update's figures.
-    pub fn apply(&mut self, params: &ParamSet, reduced: Reduced, scalar_names: Vec<&'static str>) -> Pending {
-        let Reduced { grad, skipped, scalars, allreduce_bytes } = reduced;
-        let (h, flat) = (&self.hyper, &params.flat);
+    /// module's comment): `grad` is the reduced gradient, `skipped` the reduced flag,
+    /// `reduced` the values reduced with it (as `layout` names them). Returns the layout of
+    /// the update's figures and the figures, packed.
+    pub fn apply(&mut self, grad: &Tensor, skipped: &Tensor, reduced: Tensor, layout: Vec<Scalar>) -> (Layout, Tensor) {
+        let (s, flat) = (&self.settings, &self.params.flat);
         // Of the reduced gradient itself, before the parameter terms join it.
-        let per_param = params.param_norms(&grad);
+        let per_param = self.params.param_norms(grad);
         let apply = skipped.eq(0.0).view([]);
         // Logged unweighted, like every other term; `observe` adds weight * value to the total.
         let mut param_terms = Vec::new();
         let mut term_values = Vec::new();
-        if h.l2 > 0.0 {
-            term_values.push(regularize::l2::apply(&grad, flat, h.l2));
-            param_terms.push((scalar_log::l2(self.net).key, h.l2));
+        if s.l2 > 0.0 {
+            term_values.push(regularize::l2::apply(grad, flat, s.l2));
+            param_terms.push((Term::L2, s.l2));
         }
         if let Some(hist) = &self.history {
-            term_values.push(hist.apply(&grad, flat));
-            param_terms.push((scalar_log::hist_avg(self.net).key, hist.lambda));
+            term_values.push(hist.apply(grad, flat));
+            param_terms.push((Term::HistAvg, hist.lambda));
         }
-        let raw_norm = (h.max_value > 0.0).then(|| grad.norm());
-        clip_value(&grad, h.max_value);
-        let clip = clip_global_norm(&grad, h.max_norm);
+        let raw_norm = (s.clip_value > 0.0).then(|| grad.norm());
+        clip_value(grad, s.clip_value);
+        let clip = clip_global_norm(grad, s.clip_norm);
         let (norm_before, clipped) = match raw_norm {
             // Value clipping counts as clipping when it changed the norm.
             Some(raw) => {
@@ -149,9 +154,9 @@ impl NetState {
             }
             None => (clip.norm_before, clip.clipped),
         };
-        self.optimizer.step(flat, &grad, &apply);
-        if h.weight_clip > 0.0 {
-            weight_clip::clamp(flat, h.weight_clip, &apply);
+        self.optimizer.step(flat, grad, &apply);
+        if s.weight_clip > 0.0 {
+            weight_clip::clamp(flat, s.weight_clip, &apply);
         }
         // The averages see the parameters as the step (and any clamp) left them.
         if let Some(hist) = self.history.as_mut() {
@@ -160,62 +165,52 @@ impl NetState {
         if let Some(ema) = self.ema.as_mut() {
             ema.update(flat, &apply);
         }
-        let mut figures = vec![skipped.shallow_clone(), norm_before.view([1]), clip.norm_after.view([1]), clipped.view([1]), scalars];
-        figures.extend(term_values.iter().map(|v| v.to_kind(Kind::Float).view([1])));
-        figures.push(per_param);
-        // One small copy: the pending record keeps no view of the large reduced buffer alive.
-        let figures = Tensor::cat(&figures, 0);
-        Pending { net: self.net, figures, scalar_names, param_terms, times: StageTimes::default(), allreduce_bytes }
+        let layout = Layout { reduced: layout, param_terms, params: self.params.tensors.len() };
+        let figures = DeviceFigures { skipped: skipped.shallow_clone(), norm_before, norm_after: clip.norm_after, clipped, reduced, param_terms: term_values, per_param };
+        let packed = layout.pack(figures);
+        (layout, packed)
     }
 
-    /// The host's side of one update, from its figures `v` as read at a sync: the health
-    /// detector and the run of skips move; the stats are returned.
-    pub fn observe(&mut self, params: &ParamSet, p: &Pending, v: &[f32]) -> UpdateStats {
-        let skipped = v[0] > 0.0;
-        let (s, t) = (p.scalar_names.len(), p.param_terms.len());
-        let mut scalars: Vec<(&'static str, f64)> = p.scalar_names.iter().zip(&v[4..4 + s]).map(|(n, x)| (*n, *x as f64)).collect();
-        let mut stats = UpdateStats { times: p.times, allreduce_bytes: p.allreduce_bytes, skipped, ..UpdateStats::default() };
-        if skipped {
+    /// The host's side of one update, from its figures `v` (as `layout` packed them) read at
+    /// a sync: the detector and the run of skips move; the update's record is returned.
+    pub fn observe(&mut self, layout: &Layout, v: &[f32], meta: UpdateMeta) -> UpdateRecord {
+        let f = layout.unpack(v);
+        let mut record = UpdateRecord {
+            net: self.net,
+            skipped: f.skipped,
+            losses: Losses::default(),
+            wasserstein: None,
+            penalty_grad_norm: None,
+            clip: None,
+            layer_norms: Vec::new(),
+            lr: meta.lr,
+            times: meta.times,
+            allreduce_bytes: meta.allreduce_bytes,
+        };
+        for (scalar, x) in f.reduced {
+            match scalar {
+                Scalar::Term(t) => record.losses.set(t, x),
+                Scalar::Wasserstein => record.wasserstein = Some(x),
+                Scalar::PenaltyGradNorm => record.penalty_grad_norm = Some(x),
+            }
+        }
+        if f.skipped {
             self.skip_streak += 1;
             self.health.observe(f64::NAN);
-            stats.scalars = scalars;
-            return stats;
+            return record;
         }
         self.skip_streak = 0;
         let mut extra = 0.0;
-        for ((name, weight), x) in p.param_terms.iter().zip(&v[4 + s..4 + s + t]) {
-            scalars.push((name, *x as f64));
-            extra += weight * *x as f64;
+        for (term, weight, x) in f.param_terms {
+            record.losses.set(term, x);
+            extra += weight * x;
         }
-        let total = scalar_log::total(self.net).key;
-        if let Some(tot) = scalars.iter_mut().find(|(n, _)| *n == total) {
-            tot.1 += extra;
+        if let Some(total) = record.losses.get(Term::Total) {
+            record.losses.set(Term::Total, total + extra);
         }
-        let clip = ClipReport { norm_before: v[1] as f64, norm_after: v[2] as f64, clipped: v[3] > 0.0 };
-        self.health.observe(clip.norm_before);
-        stats.layer_norms = params.group_layers(&v[4 + s + t..]);
-        stats.scalars = scalars;
-        stats.clip = Some(clip);
-        stats
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn weight_clipping_is_the_critics_alone_and_the_rest_follows_the_suffix() {
-        let cfg = Config::from_toml_str(
-            "",
-            &["regularize.weight_clip=0.01", "regularize.l2_g=0.5", "clip.value_d=0.2", "optim.lr_g=3e-4", "clip.max_norm_g=2"].map(String::from),
-        )
-        .unwrap();
-        let (d, g) = (Hyper::of(Net::Critic, &cfg), Hyper::of(Net::Generator, &cfg));
-        assert_eq!((d.weight_clip, g.weight_clip), (0.01, 0.0));
-        assert_eq!((d.l2, g.l2), (0.0, 0.5));
-        assert_eq!((d.max_value, g.max_value), (0.2, 0.0));
-        assert_eq!((d.lr, g.lr), (1e-4, 3e-4));
-        assert_eq!((d.max_norm, g.max_norm), (0.0, 2.0));
+        self.health.observe(f.clip.norm_before);
+        record.layer_norms = self.params.group_layers(&f.per_param);
+        record.clip = Some(f.clip);
+        record
     }
 }

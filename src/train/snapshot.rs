@@ -5,11 +5,11 @@
 //! reading of format version 1, whose counters were an untyped map. `load_generator` reads a
 //! generator out of a checkpoint by the same names, for `sample`, `eval` and `ablate`.
 
-use super::Trainer;
 use crate::checkpoint::{self, Meta, TensorMap};
 use crate::config::Config;
 use crate::health::HealthSnapshot;
-use crate::model::{Generator, Net, PerNet};
+use crate::model::Generator;
+use crate::net::{Net, PerNet};
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -112,74 +112,6 @@ struct RecordV1 {
     health: BTreeMap<String, HealthSnapshot>,
 }
 
-impl Trainer {
-    /// Every tensor a checkpoint holds, named, as views of the live state (so that restoring
-    /// and broadcasting write through them).
-    pub(super) fn state_tensors(&self) -> Vec<(String, Tensor)> {
-        let mut out = Vec::new();
-        for net in Net::ALL {
-            let (params, state) = (self.params(net), &self.nets[net]);
-            out.extend(params.names.iter().zip(&params.tensors).map(|(n, t)| (names::param(net, n), t.detach())));
-            out.extend(state.optimizer.state().into_iter().map(|(m, t)| (names::moment(net, m), t)));
-            if let Some(h) = &state.history {
-                out.push((names::history(net, "mean"), h.mean.shallow_clone()));
-                out.push((names::history(net, "count"), h.count.shallow_clone()));
-            }
-            if let Some(e) = &state.ema {
-                out.extend(params.views(&e.flat).map(|(n, t)| (names::ema(net, n), t)));
-            }
-        }
-        if let Some(sn) = &self.critic.spectral {
-            out.extend(sn.iter().enumerate().map(|(i, s)| (names::spectral_u(i), s.u.shallow_clone())));
-        }
-        out
-    }
-
-    /// Every tensor a checkpoint holds, with its shape.
-    pub fn state_shapes(&self) -> BTreeMap<String, Vec<usize>> {
-        self.state_tensors().into_iter().map(|(k, t)| (k, t.size().iter().map(|&d| d as usize).collect())).collect()
-    }
-
-    /// The state on the host (the tensors' one read each).
-    pub fn snapshot(&self) -> Result<Snapshot> {
-        let mut tensors = TensorMap::new();
-        for (name, t) in self.state_tensors() {
-            let shape = t.size().iter().map(|&d| d as usize).collect();
-            tensors.insert(name, (shape, crate::hostread::vec_f32(&t)?));
-        }
-        Ok(Snapshot { counters: self.counters, health: self.nets.map(|s| Some(s.health.snapshot())), tensors })
-    }
-
-    /// Returns to `s`: every tensor, the counters and the optimizers' step counts, the
-    /// learning rates, no skips in a row; the rest as `why` says.
-    pub fn restore(&mut self, s: &Snapshot, why: Restore) -> Result<()> {
-        tch::no_grad(|| -> Result<()> {
-            for (name, mut dst) in self.state_tensors() {
-                let (shape, data) = s.tensors.get(&name).with_context(|| format!("the state has no tensor {name}"))?;
-                let shape: Vec<i64> = shape.iter().map(|&d| d as i64).collect();
-                dst.copy_(&crate::device::upload(&Tensor::from_slice(data).view(shape.as_slice()), self.device));
-            }
-            Ok(())
-        })?;
-        self.counters = s.counters;
-        for net in Net::ALL {
-            let state = &mut self.nets[net];
-            state.optimizer.set_step_count(s.counters.applied[net]);
-            state.skip_streak = 0;
-            if why == Restore::Resume {
-                if let Some(h) = &s.health[net] {
-                    state.health.restore(h);
-                }
-            }
-        }
-        self.set_lr_scale(s.counters.lr_scale);
-        if why == Restore::Resume {
-            self.faults.count_from(s.counters.critic_step);
-        }
-        Ok(())
-    }
-}
-
 impl Snapshot {
     /// The name of a tensor holding a non-finite value, if any.
     pub fn non_finite_tensor(&self) -> Option<&str> {
@@ -204,34 +136,55 @@ impl Snapshot {
     }
 
     /// The snapshot in a loaded checkpoint, for a run of `cfg`: refused when the checkpoint
-    /// was written by a configuration with another trajectory.
+    /// was written by a configuration with another trajectory. The configurations are
+    /// compared, not their hashes: a checkpoint written under the old keys (`optim.lr_d`, ...)
+    /// resumes under their new ones.
     pub fn from_checkpoint(l: checkpoint::Loaded, cfg: &Config) -> Result<Snapshot> {
-        let want = cfg.trajectory_hash();
-        if l.meta.config_hash != want {
+        let theirs = Config::from_embedded(&l.meta.config).with_context(|| format!("checkpoint {}: the configuration in its meta.json", l.dir.display()))?;
+        let differences = theirs.trajectory_differences(cfg);
+        if !differences.is_empty() {
             bail!(
-                "checkpoint {} was written by a different configuration (hash {} vs this run's {}): only train.iterations, logging, device, dist and metrics settings may change on resume",
+                "checkpoint {} was written by a different configuration ({}; the checkpoint's value first): only train.iterations, logging, device, dist and metrics settings may change on resume",
                 l.dir.display(),
-                l.meta.config_hash,
-                want
+                differences.join(", ")
             );
         }
         let record = trainer_record(&l.meta).with_context(|| format!("checkpoint {}: the trainer's record in meta.json", l.dir.display()))?;
         Ok(Snapshot { counters: record.counters, health: record.health, tensors: l.tensors })
     }
 
-    /// The newest usable checkpoint under `root` (see `checkpoint::load_latest`) for
-    /// `trainer`'s state, or None when there is none.
-    pub fn load_latest(root: &Path, trainer: &Trainer) -> Result<Option<(PathBuf, Snapshot)>> {
-        match checkpoint::load_latest(root, &trainer.state_shapes())? {
-            Some(l) => Ok(Some((l.dir.clone(), Snapshot::from_checkpoint(l, &trainer.cfg)?))),
+    /// The newest usable checkpoint under `root` (see `checkpoint::load_latest`) for a
+    /// trainer of state `shapes` (`Trainer::state_shapes`) running `cfg`, or None when there is
+    /// none.
+    pub fn load_latest(root: &Path, shapes: &BTreeMap<String, Vec<usize>>, cfg: &Config) -> Result<Option<(PathBuf, Snapshot)>> {
+        match checkpoint::load_latest(root, shapes)? {
+            Some(l) => Ok(Some((l.dir.clone(), Snapshot::from_checkpoint(l, cfg)?))),
             None => Ok(None),
         }
     }
 
-    /// The checkpoint in `dir` for `trainer`'s state.
-    pub fn load(dir: &Path, trainer: &Trainer) -> Result<Snapshot> {
-        Snapshot::from_checkpoint(checkpoint::load(dir, &trainer.state_shapes())?, &trainer.cfg)
+    /// The checkpoint in `dir` for a trainer of state `shapes` running `cfg`.
+    pub fn load(dir: &Path, shapes: &BTreeMap<String, Vec<usize>>, cfg: &Config) -> Result<Snapshot> {
+        Snapshot::from_checkpoint(checkpoint::load(dir, shapes)?, cfg)
     }
+}
+
+/// The configuration the newest checkpoint under `root` embeds, of those whose meta.json and
+/// configuration read: the run's own, when no other is given. None without checkpoints; an
+/// error naming each one's problem when none reads.
+pub fn newest_embedded_config(root: &Path) -> Result<Option<Config>> {
+    let all = checkpoint::list(root);
+    let mut errors = Vec::new();
+    for (_, dir) in &all {
+        match checkpoint::read_meta(dir).and_then(|m| Config::from_embedded(&m.config).with_context(|| format!("the configuration in {}", dir.join("meta.json").display()))) {
+            Ok(c) => return Ok(Some(c)),
+            Err(e) => errors.push(format!("{e:#}")),
+        }
+    }
+    if all.is_empty() {
+        return Ok(None);
+    }
+    bail!("no usable checkpoint in {}:\n  {}", root.display(), errors.join("\n  "))
 }
 
 /// The trainer's record of a checkpoint, by its format version.
@@ -285,7 +238,7 @@ pub enum GeneratorWeights {
 pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Device) -> Result<GeneratorCheckpoint> {
     let dir = checkpoint::resolve(path)?;
     let meta = checkpoint::read_meta(&dir)?;
-    let config = Config::from_toml_str(&meta.config, &[]).with_context(|| format!("the configuration embedded in {}", dir.join("meta.json").display()))?;
+    let config = Config::from_embedded(&meta.config).with_context(|| format!("the configuration embedded in {}", dir.join("meta.json").display()))?;
     let ema = match weights {
         GeneratorWeights::Ema if !config.ema.enabled() => {
             bail!("--weights ema: the run of {} kept no EMA (ema.half_life_steps and ema.half_life_images are 0)", dir.display())
@@ -294,8 +247,7 @@ pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Devic
         GeneratorWeights::Raw => false,
     };
     let name = |n: &str| if ema { names::ema(Net::Generator, n) } else { names::param(Net::Generator, n) };
-    let shape = crate::model::ImageShape { channels: config.data.dataset.channels(), side: crate::model::PAPER_SIDE };
-    let generator = Generator::new(&config.model, shape, device)?;
+    let generator = Generator::from_config(&config, device)?;
     let params = &generator.params;
     let shapes = params.names.iter().zip(&params.shapes).map(|(n, s)| (name(n), s.iter().map(|&d| d as usize).collect())).collect();
     let loaded = checkpoint::load(&dir, &shapes)?;
@@ -307,12 +259,13 @@ pub fn load_generator(path: &Path, weights: GeneratorWeights, device: tch::Devic
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::data::{DeviceImages, Mnist};
     use crate::collectives::Local;
+    use crate::data::{DeviceImages, Mnist};
+    use crate::train::Trainer;
     use std::rc::Rc;
 
     fn trainer(overrides: &[&str]) -> Trainer {
-        let mut all = vec!["model.dim=2", "model.latent=4", "data.batch_size=8", "train.n_critic=2", "train.device=\"cpu\""];
+        let mut all = vec!["critic.width=2", "generator.width=2", "model.latent=4", "data.batch_size=8", "train.n_critic=2", "train.device=\"cpu\""];
         all.extend_from_slice(overrides);
         let cfg = Config::from_toml_str("", &all.iter().map(|s| s.to_string()).collect::<Vec<_>>()).unwrap();
         let n = 64;
@@ -324,9 +277,9 @@ mod tests {
     /// update as vanishing (so that their counts move).
     const STATEFUL: [&str; 7] = [
         "ema.half_life_steps=2",
-        "regularize.hist_avg_d=1e-3",
-        "regularize.hist_avg_g=1e-3",
-        "model.spectral_norm=true",
+        "critic.hist_avg=1e-3",
+        "generator.hist_avg=1e-3",
+        "critic.spectral_norm=true",
         "faults.nan_critic_updates=[1]",
         "health.vanish_threshold=1e9",
         "health.vanish_patience=1",
@@ -342,7 +295,7 @@ mod tests {
         }
         assert!(!names.iter().any(|n| n.starts_with("ema.critic")), "{names:?}");
         // SGD keeps no moments.
-        let sgd = trainer(&["optim.kind=sgd"]);
+        let sgd = trainer(&["critic.optimizer=sgd", "generator.optimizer=sgd"]);
         assert!(!sgd.state_shapes().keys().any(|n| n.starts_with("optim.")));
     }
 
@@ -366,11 +319,11 @@ mod tests {
             rolled.iteration().unwrap();
         }
         rolled.sync().unwrap();
-        let live = rolled.nets.generator.health.counts();
+        let live = rolled.snapshot().unwrap().health.generator.unwrap().counts;
         assert_ne!(Some(live), snap.health.generator.as_ref().map(|h| h.counts));
         rolled.restore(&snap, Restore::Rollback).unwrap();
-        assert_eq!(rolled.counters, snap.counters);
-        assert_eq!(rolled.nets.generator.health.counts(), live, "a rollback keeps the live detectors");
+        assert_eq!(rolled.counters(), snap.counters);
+        assert_eq!(rolled.snapshot().unwrap().health.generator.unwrap().counts, live, "a rollback keeps the live detectors");
         for t in [&mut a, &mut resumed, &mut rolled] {
             t.iteration().unwrap();
             t.sync().unwrap();
@@ -418,12 +371,15 @@ mod tests {
         t.iteration().unwrap();
         t.sync().unwrap();
         let snap = t.snapshot().unwrap();
-        let dir = snap.save(root.path(), &t.cfg, 1).unwrap();
-        assert_eq!(Snapshot::load(&dir, &t).unwrap(), snap);
-        let (latest, s) = Snapshot::load_latest(root.path(), &t).unwrap().unwrap();
+        let dir = snap.save(root.path(), t.config(), 1).unwrap();
+        assert_eq!(Snapshot::load(&dir, &t.state_shapes(), t.config()).unwrap(), snap);
+        let (latest, s) = Snapshot::load_latest(root.path(), &t.state_shapes(), t.config()).unwrap().unwrap();
         assert_eq!((latest, s), (dir.clone(), snap));
-        let other = trainer(&[&STATEFUL[..], &["optim.lr_d=3e-4"]].concat());
-        let e = format!("{:#}", Snapshot::load(&dir, &other).unwrap_err());
-        assert!(e.contains("different configuration"), "{e}");
+        let other = trainer(&[&STATEFUL[..], &["critic.lr=3e-4"]].concat());
+        let e = format!("{:#}", Snapshot::load(&dir, &other.state_shapes(), other.config()).unwrap_err());
+        assert!(e.contains("different configuration") && e.contains("critic.lr = 0.0001 vs 0.0003"), "{e}");
+        // A checkpoint written under the old keys is the same configuration.
+        let old_keys = Config::from_toml_str("", &["optim.lr_d=1e-4".into()]).unwrap();
+        assert!(old_keys.trajectory_differences(&Config::default()).is_empty());
     }
 }

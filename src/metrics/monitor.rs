@@ -1,14 +1,14 @@
-//! Connects the training loop to the Prometheus metrics: starts this rank's exporter and the
-//! run's Prometheus targets file, and turns each update's `UpdateStats` into metric values.
+//! The Prometheus exporter as a reader of the run (`Sink`): it starts this rank's exporter and
+//! the run's Prometheus targets file, and turns each synced update's record into metric values.
 
-use super::timing::Stage;
-use super::{IterationStats, Trainer, UpdateStats};
-use crate::config::MetricsConfig;
+use super::server::Server;
+use super::{targets, Metrics};
 use crate::collectives::Collective;
-use crate::metrics::server::Server;
-use crate::metrics::{targets, Metrics};
-use crate::model::Net;
-use crate::scalar_log::{self as log, LOSS_TERMS};
+use crate::config::MetricsConfig;
+use crate::net::Net;
+use crate::sink::record::{keys, UpdateRecord};
+use crate::sink::{IterationRecord, RunEnd, RunStart, Sink, StepRecord};
+use crate::timing::Stage;
 use anyhow::{bail, Context, Result};
 use std::path::{Path, PathBuf};
 use tch::Device;
@@ -24,15 +24,6 @@ pub fn exporter_port(port_base: u16, local_rank: usize) -> Result<u16> {
     }
 }
 
-/// `cpu` or `cuda:N`, as the build-info label.
-pub fn device_label(d: Device) -> String {
-    match d {
-        Device::Cuda(i) => format!("cuda:{i}"),
-        Device::Cpu => "cpu".into(),
-        other => format!("{other:?}").to_lowercase(),
-    }
-}
-
 /// This rank's metrics and exporter, while the run lasts.
 pub struct Monitor {
     pub metrics: Metrics,
@@ -41,6 +32,8 @@ pub struct Monitor {
     targets_file: Option<PathBuf>,
     /// Rank 0's file in `metrics.sd_dir`, removed at a clean end.
     shared_file: Option<PathBuf>,
+    /// Real images this rank feeds each critic update (from the run's start).
+    local_batch: u64,
 }
 
 impl Monitor {
@@ -59,7 +52,7 @@ impl Monitor {
                 comm.local_rank()
             )
         })?;
-        metrics.set_build_info(env!("CARGO_PKG_VERSION"), comm.backend_name(), &device_label(device));
+        metrics.set_build_info(env!("CARGO_PKG_VERSION"), comm.backend_name(), &crate::device::label(device));
         metrics.set_world_size(comm.world_size());
         let all = targets::gather(comm, &targets::advertised_host(&cfg.host), server.addr().port(), &targets::this_node())?;
         let (mut targets_file, mut shared_file) = (None, None);
@@ -78,29 +71,7 @@ impl Monitor {
             targets_file = Some(path);
             tracing::info!("metrics: ranks serve {}; Prometheus targets in {listed}", list(&all));
         }
-        Ok(Monitor { metrics, server, targets_file, shared_file })
-    }
-
-    /// Records one iteration: its critic updates, then its generator update.
-    pub fn record_iteration(&self, t: &Trainer, it: &IterationStats) {
-        let m = &self.metrics;
-        for s in &it.critic {
-            record_update(m, Net::Critic, s, t.nets.critic.optimizer.lr);
-            if !s.skipped {
-                m.add_images(t.local_batch as u64);
-            }
-            if let Some(w) = s.get(log::WASSERSTEIN) {
-                m.set_wasserstein(w);
-            }
-            if let Some(n) = s.get(log::GP_GRAD_NORM) {
-                m.set_gp_input_grad_norm(n);
-            }
-        }
-        record_update(m, Net::Generator, &it.generator, t.nets.generator.optimizer.lr);
-        for net in Net::ALL {
-            m.set_gradient_health(net, t.nets[net].health.state());
-        }
-        m.set_step(t.counters.step);
+        Ok(Monitor { metrics, server, targets_file, shared_file, local_batch: 0 })
     }
 
     /// The exporter's address.
@@ -108,39 +79,92 @@ impl Monitor {
         self.server.addr()
     }
 
+}
+
+impl Sink for Monitor {
+    fn start(&mut self, run: &RunStart) -> Result<()> {
+        self.local_batch = run.local_batch;
+        self.metrics.set_target_step(run.target_step);
+        self.metrics.set_step(run.step);
+        Ok(())
+    }
+
+    /// Every synced iteration: its critic updates, then its generator update, the detectors
+    /// and the step.
+    fn sync(&mut self, iterations: &[IterationRecord]) -> Result<()> {
+        let m = &self.metrics;
+        for it in iterations {
+            for u in &it.critic {
+                record_update(m, u);
+                if !u.skipped {
+                    m.add_images(self.local_batch);
+                }
+                if let Some(w) = u.wasserstein {
+                    m.set_wasserstein(w);
+                }
+                if let Some(n) = u.penalty_grad_norm {
+                    m.set_gp_input_grad_norm(n);
+                }
+            }
+            record_update(m, &it.generator);
+            for net in Net::ALL {
+                m.set_gradient_health(net, it.health[net].state);
+            }
+            m.set_step(it.step);
+        }
+        Ok(())
+    }
+
+    /// An evaluation's metrics: every scalar as `gandist_eval_metric{metric}`, the classifier
+    /// FID and coverage in their own gauges too (the dashboard's), and the Inception-feature
+    /// scores as `gandist_eval_score{metric}`.
+    fn log(&mut self, record: &StepRecord) -> Result<()> {
+        if let Some(e) = &record.eval {
+            self.metrics.set_eval_scores(e.step, e.scalar(keys::FID), e.scalar(keys::CLASSES_COVERED));
+            for name in super::EVAL_SCORES {
+                if let Some(v) = e.scalar(name) {
+                    self.metrics.set_eval_score(name, v);
+                }
+            }
+            for (name, value) in e.scalars() {
+                self.metrics.set_eval_metric(name, value);
+            }
+        }
+        Ok(())
+    }
+
     /// At a clean end (finished or stopped on request): rank 0 empties the targets file and
     /// removes its file from `metrics.sd_dir`, so that alerting does not take the ended
     /// processes for ranks that died.
-    pub fn finish(self) -> Result<()> {
-        if let Some(p) = &self.targets_file {
-            targets::clear(p)?;
+    fn finish(&mut self, _end: &RunEnd) -> Result<()> {
+        if let Some(p) = self.targets_file.take() {
+            targets::clear(&p)?;
         }
-        if let Some(p) = &self.shared_file {
-            std::fs::remove_file(p).with_context(|| format!("cannot remove {} from metrics.sd_dir", p.display()))?;
+        if let Some(p) = self.shared_file.take() {
+            std::fs::remove_file(&p).with_context(|| format!("cannot remove {} from metrics.sd_dir", p.display()))?;
         }
         Ok(())
     }
 }
 
 /// One update's values into the metrics of its network.
-fn record_update(m: &Metrics, net: Net, s: &UpdateStats, lr: f64) {
-    m.count_update(net, s.skipped);
-    for term in LOSS_TERMS.iter().filter(|t| t.net == net) {
-        if let Some(v) = s.get(term.key) {
-            m.set_loss(net, term.term, v);
-        }
+fn record_update(m: &Metrics, u: &UpdateRecord) {
+    let net = u.net;
+    m.count_update(net, u.skipped);
+    for (term, v) in u.losses.iter() {
+        m.set_loss(net, term.label(), v);
     }
-    if let Some(c) = s.clip {
+    if let Some(c) = u.clip {
         m.set_grad_norms(net, c.norm_before, c.norm_after, c.clipped);
     }
-    for (layer, v) in &s.layer_norms {
+    for (layer, v) in &u.layer_norms {
         m.set_layer_grad_norm(net, layer, *v);
     }
     for stage in Stage::ALL {
-        m.observe_phase(net, stage.name(), s.times.get(stage));
+        m.observe_phase(net, stage.name(), u.times.get(stage));
     }
-    m.add_allreduce_bytes(net, s.allreduce_bytes);
-    m.set_learning_rate(net, lr);
+    m.add_allreduce_bytes(net, u.allreduce_bytes);
+    m.set_learning_rate(net, u.lr);
 }
 
 fn list(targets: &[targets::Target]) -> String {
@@ -162,26 +186,33 @@ mod tests {
 
     #[test]
     fn an_update_lands_in_its_networks_series() {
-        use crate::optim::ClipReport;
-        use crate::train::timing::StageTimes;
+        use crate::sink::record::{ClipReport, Losses, Term};
+        use crate::timing::StageTimes;
         let m = Metrics::new(0).unwrap();
-        let s = UpdateStats {
-            scalars: vec![("d_loss", 8.5), ("d_adv", -1.5), ("d_gp", 1.0), ("g_loss", 99.0)],
+        let mut losses = Losses::default();
+        for (t, v) in [(Term::Total, 8.5), (Term::Adversarial, -1.5), (Term::Penalty, 1.0)] {
+            losses.set(t, v);
+        }
+        let u = UpdateRecord {
+            net: Net::Critic,
+            skipped: false,
+            losses,
+            wasserstein: None,
+            penalty_grad_norm: None,
             clip: Some(ClipReport { norm_before: 12.0, norm_after: 10.0, clipped: true }),
             layer_norms: vec![("conv1".into(), 3.0), ("fc".into(), 4.0)],
+            lr: 2e-4,
             times: StageTimes([0.001, 0.002, 0.003, 0.004, 0.005]),
             allreduce_bytes: 400,
-            ..UpdateStats::default()
         };
-        record_update(&m, Net::Critic, &s, 2e-4);
-        record_update(&m, Net::Critic, &UpdateStats { skipped: true, ..UpdateStats::default() }, 2e-4);
+        record_update(&m, &u);
+        record_update(&m, &UpdateRecord { skipped: true, clip: None, layer_norms: vec![], losses: Losses::default(), ..u.clone() });
         let text = m.encode().unwrap();
         let v = |f: &str, l: &[(&str, &str)]| crate::metrics::tests::sample(&text, f, l).unwrap_or_else(|| panic!("{f} {l:?} in\n{text}"));
         let critic = ("net", "critic");
         assert_eq!(v("gandist_loss", &[critic, ("term", "total")]), 8.5);
         assert_eq!(v("gandist_loss", &[critic, ("term", "adversarial")]), -1.5);
         assert_eq!(v("gandist_loss", &[critic, ("term", "gradient_penalty")]), 1.0);
-        // A generator scalar in a critic update is not the critic's.
         assert!(crate::metrics::tests::sample(&text, "gandist_loss", &[("net", "generator")]).is_none());
         assert_eq!(v("gandist_grad_norm_before_clip", &[critic]), 12.0);
         assert_eq!(v("gandist_grad_norm_after_clip", &[critic]), 10.0);
@@ -189,9 +220,9 @@ mod tests {
         assert_eq!(v("gandist_layer_grad_norm", &[critic, ("layer", "fc")]), 4.0);
         assert_eq!(v("gandist_updates_total", &[critic]), 1.0);
         assert_eq!(v("gandist_nonfinite_skipped_updates_total", &[critic]), 1.0);
-        assert_eq!(v("gandist_allreduce_bytes_total", &[critic]), 400.0);
+        assert_eq!(v("gandist_allreduce_bytes_total", &[critic]), 800.0);
         assert_eq!(v("gandist_learning_rate", &[critic]), 2e-4);
         assert_eq!(v("gandist_step_phase_seconds_count", &[critic, ("phase", "optimizer")]), 2.0);
-        assert!((v("gandist_step_phase_seconds_sum", &[critic, ("phase", "backward")]) - 0.003).abs() < 1e-12);
+        assert!((v("gandist_step_phase_seconds_sum", &[critic, ("phase", "backward")]) - 0.006).abs() < 1e-12);
     }
 }
